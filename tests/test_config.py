@@ -1,0 +1,85 @@
+"""Config schema: defaults filled in, and one clear line for every wrong key or value."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tomosift.config import load_config, load_yaml, validate_config
+from tomosift.errors import TomosiftError
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCHEMA = load_yaml(REPO / "workflow/schemas/config.schema.yaml")
+CONFIGS = ["config/config.yaml", "config/paper.yaml", "config/benchmark22.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_validate(path):
+    config = load_config(REPO / path, REPO / "workflow/schemas/config.schema.yaml")
+    assert config["voxel_size_nm"] == pytest.approx(0.92)
+    assert config["simulation"]["ctf"]["defocus_um"] == pytest.approx(5.0)
+
+
+def test_defaults_are_the_papers():
+    config = validate_config({"structures": ["1bxn"]}, SCHEMA)
+    sim = config["simulation"]
+    assert sim["snr"] == [1000, 0.5, 0.1, 0.05, 0.03]
+    assert sim["tilt_max_deg"] == [60, 50, 40]
+    assert sim["per_class"] == 1000
+    assert sim["ctf"] == {"enabled": True, "voltage_kv": 300, "cs_mm": 2.0, "defocus_um": 5.0,
+                          "amplitude_contrast": 0.07}
+    assert config["box_voxels"] == 40
+
+
+def _error(config) -> str:
+    with pytest.raises(TomosiftError) as info:
+        validate_config(copy.deepcopy(config), SCHEMA, source="my.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("my.yaml: ")
+    return message
+
+
+def test_misspelt_key_is_named_with_a_suggestion():
+    message = _error({"structures": ["1bxn"], "simulation": {"snrs": [0.1]}})
+    assert "unknown key 'simulation.snrs'" in message
+    assert "did you mean 'snr'" in message
+
+
+def test_negative_snr_is_named():
+    message = _error({"structures": ["1bxn"], "simulation": {"snr": [0.5, -0.1]}})
+    assert "simulation.snr[1]" in message and "-0.1" in message and "> 0" in message
+
+
+def test_box_must_be_an_integer():
+    message = _error({"structures": ["1bxn"], "box_voxels": 40.5})
+    assert "box_voxels" in message and "integer" in message
+
+
+def test_tilt_outside_range_and_bad_enum():
+    assert "simulation.tilt_max_deg[0]" in _error(
+        {"structures": ["1bxn"], "simulation": {"tilt_max_deg": [95]}})
+    assert "density.method" in _error({"structures": ["1bxn"], "density": {"method": "magic"}})
+
+
+def test_structures_required():
+    assert "structures" in _error({})
+
+
+def test_snakemake_stops_with_one_line_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("structures: [1bxn]\nsimulation:\n  snrs: [0.1]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    lines = [line for line in output.splitlines() if "simulation.snrs" in line]
+    assert lines, output
+    assert "did you mean 'snr'" in lines[0]

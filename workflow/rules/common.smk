@@ -1,0 +1,178 @@
+# Config validation and the small functions that turn the config into targets and parameters.
+
+import math
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from tomosift.config import load_yaml, validate_config
+from tomosift.datasets import DatasetPlan
+from tomosift.errors import TomosiftError
+from tomosift.structures import (
+    find_local_structure,
+    parse_structure_entries,
+    pdb_mirror_dir,
+    search_dirs,
+)
+
+CONFIG_SOURCE = " + ".join(
+    str(path) for path in (workflow.config_settings.configfiles or workflow.configfiles)
+) or "config"
+
+try:
+    validate_config(
+        config,
+        load_yaml(workflow.source_path("../schemas/config.schema.yaml")),
+        source=CONFIG_SOURCE,
+    )
+    STRUCTURES = parse_structure_entries(config["structures"])
+except TomosiftError as error:
+    raise WorkflowError(str(error)) from None
+
+SIM = config["simulation"]
+SOURCES = config["structure_sources"]
+NAMES = [spec.name for spec in STRUCTURES]
+SPEC_BY_NAME = {spec.name: spec for spec in STRUCTURES}
+STRUCTURE_CACHE = Path(SOURCES["cache_dir"])
+LOGS = "results/logs"
+
+
+wildcard_constraints:
+    name=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    dataset=r"snr[0-9.e+-]+_tilt[0-9.]+",
+    shard=r"\d{5}",
+    pdb_id=r"[A-Za-z0-9_]+",
+
+
+# -- structures -----------------------------------------------------------------------------
+
+
+def structure_file(wildcards):
+    """The local structure file of a config entry, or its download target in the cache."""
+    spec = SPEC_BY_NAME[wildcards.name]
+    try:
+        found = find_local_structure(
+            spec.source,
+            search_dirs(SOURCES["dirs"]),
+            pdb_mirror_dir(SOURCES["pdb_mirror_dir"]),
+            STRUCTURE_CACHE,
+        )
+    except TomosiftError as error:
+        raise WorkflowError(str(error)) from None
+    return str(found) if found else str(STRUCTURE_CACHE / f"{spec.source.lower()}.cif.gz")
+
+
+def structure_source(wildcards):
+    return SPEC_BY_NAME[wildcards.name].source
+
+
+def density_params(wildcards):
+    spec = SPEC_BY_NAME[wildcards.name]
+    density = config["density"]
+    return {
+        "box_voxels": config["box_voxels"],
+        "voxel_size_nm": config["voxel_size_nm"],
+        "resolution_nm": density["resolution_nm"],
+        "method": spec.method or density["method"],
+        "assembly": spec.assembly or density["assembly"],
+        "oversample": density["oversample"],
+    }
+
+
+def density_maps(wildcards=None):
+    return expand("results/densities/{name}.mrc", name=NAMES)
+
+
+# -- datasets -------------------------------------------------------------------------------
+
+
+def dataset_tag(snr, tilt_max_deg):
+    return f"snr{float(snr):g}_tilt{float(tilt_max_deg):g}"
+
+
+DATASETS = {
+    dataset_tag(snr, tilt): (float(snr), float(tilt))
+    for tilt in SIM["tilt_max_deg"]
+    for snr in SIM["snr"]
+}
+
+
+def dataset_plan(snr):
+    return DatasetPlan(
+        structure_names=tuple(NAMES),
+        per_class=SIM["per_class"],
+        snr=snr,
+        seed=config["seed"],
+        empty_class=SIM["empty_class"],
+        max_shift_voxels=SIM["max_shift_voxels"],
+        test_fraction=SIM["test_fraction"],
+        volume_dtype=SIM["volume_dtype"],
+    )
+
+
+N_SHARDS = math.ceil(dataset_plan(1.0).n_particles / SIM["shard_size"])
+
+
+def shard_files(wildcards):
+    return expand(
+        "results/datasets/{dataset}/shards/shard-{shard:05d}.h5",
+        dataset=wildcards.dataset,
+        shard=range(N_SHARDS),
+    )
+
+
+def simulation_params(wildcards):
+    snr, tilt = DATASETS[wildcards.dataset]
+    return {
+        "snr": snr,
+        "tilt_max_deg": tilt,
+        "shard_index": int(wildcards.shard),
+        "shard_size": SIM["shard_size"],
+        "structure_names": NAMES,
+        **imaging_params(),
+        **{key: SIM[key] for key in ("per_class", "empty_class", "max_shift_voxels",
+                                     "test_fraction", "volume_dtype")},
+        "seed": config["seed"],
+    }
+
+
+def imaging_params(wildcards=None):
+    """The simulation settings shared by every grid point (tilt range set per dataset)."""
+    return {
+        "box_voxels": config["box_voxels"],
+        "voxel_size_nm": config["voxel_size_nm"],
+        "tilt_step_deg": SIM["tilt_step_deg"],
+        "reconstruction": SIM["reconstruction"],
+        "noise_stage": SIM["noise_stage"],
+        "pad_factor": SIM["pad_factor"],
+        "ctf": SIM["ctf"],
+        "mtf": SIM["mtf"],
+    }
+
+
+def shard_runtime_min(wildcards):
+    # About 0.01 s per subtomogram on one core; generous margin for slow nodes.
+    return max(10, math.ceil(SIM["shard_size"] * 0.1 / 60))
+
+
+def figure_structures():
+    chosen = config["figures"]["structures"] or NAMES[:1]
+    unknown = [name for name in chosen if name not in SPEC_BY_NAME]
+    if unknown:
+        raise WorkflowError(f"config figures.structures: unknown structure(s) {', '.join(unknown)}")
+    return chosen
+
+
+# -- targets --------------------------------------------------------------------------------
+
+
+def all_targets():
+    return [
+        "results/densities/summary.tsv",
+        "results/densities/montage.png",
+        *expand("results/datasets/{dataset}.h5", dataset=DATASETS),
+        *expand("results/datasets/{dataset}.txt", dataset=DATASETS),
+        *expand("results/figures/snr_tilt_grid_{name}.png", name=figure_structures()),
+        "results/figures/ctf_power_spectrum.png",
+        "results/figures/missing_wedge.png",
+    ]

@@ -1,0 +1,216 @@
+"""The ``tomosift`` command line: a thin layer over the package's functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tomosift import __version__
+from tomosift.errors import TomosiftError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except TomosiftError as exc:
+        print(f"tomosift: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tomosift",
+        description="Sort cryo-electron subtomograms into structurally homogeneous subsets.",
+    )
+    parser.add_argument("--version", action="version", version=f"tomosift {__version__}")
+    commands = parser.add_subparsers(title="commands")
+
+    density = commands.add_parser("density", help="density map of a PDB/mmCIF model or MRC map")
+    density.add_argument("input", help="PDB ID, PDB/mmCIF file (.gz too) or MRC map")
+    density.add_argument("--out", required=True, type=Path, help="output MRC file")
+    _add_grid_options(density)
+    density.add_argument("--resolution-nm", type=float, default=0.92)
+    density.add_argument("--method", choices=("gaussian", "electron"), default="gaussian")
+    density.add_argument("--assembly", choices=("first", "none"), default="first")
+    _add_source_options(density)
+    density.set_defaults(handler=_density)
+
+    simulate = commands.add_parser("simulate", help="simulate a dataset of subtomograms (HDF5)")
+    simulate.add_argument("--structures", nargs="+", required=True,
+                          help="structure files, MRC maps, or folders holding them")
+    simulate.add_argument("--snr", type=float, required=True)
+    simulate.add_argument("--tilt-max-deg", type=float, required=True)
+    simulate.add_argument("--tilt-step-deg", type=float, default=2.0)
+    simulate.add_argument("--per-class", type=int, required=True)
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--out", required=True, type=Path)
+    simulate.add_argument("--mode", choices=("fourier", "wbp", "wedge"), default="fourier")
+    simulate.add_argument("--noise-stage", choices=("before_ctf", "after_ctf"),
+                          default="before_ctf")
+    simulate.add_argument("--max-shift-voxels", type=float, default=4.0)
+    simulate.add_argument("--no-empty", action="store_true", help="leave out the empty class")
+    simulate.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    _add_grid_options(simulate)
+    simulate.set_defaults(handler=_simulate)
+
+    show = commands.add_parser("show", help="summary of a dataset file")
+    show.add_argument("dataset", type=Path)
+    show.set_defaults(handler=_show)
+
+    snr = commands.add_parser(
+        "snr", help="Frank & Al-Ali SNR estimate from pairs of subtomograms (same particle)"
+    )
+    snr.add_argument("maps", nargs="*", type=Path,
+                     help="MRC files taken in pairs: A1 B1 A2 B2 ...")
+    snr.add_argument("--pairs", type=Path, help="TSV with two columns of MRC paths, one pair a row")
+    snr.set_defaults(handler=_snr)
+
+    resolve = commands.add_parser("resolve", help="where a PDB ID is found (or downloaded to)")
+    resolve.add_argument("source")
+    _add_source_options(resolve)
+    resolve.set_defaults(handler=_resolve)
+    return parser
+
+
+def _add_grid_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--voxel-size-nm", type=float, default=0.92)
+    parser.add_argument("--box", type=int, default=40, help="box edge in voxels")
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--structure-dir", action="append", default=[],
+                        help="folder searched for <id>.pdb/.cif/.mrc (repeatable)")
+    parser.add_argument("--download-url", default="https://files.rcsb.org/download")
+    parser.add_argument("--cache-dir", type=Path, default=Path("resources/structures"))
+    parser.add_argument("--offline", action="store_true")
+
+
+def _resolve_source(args) -> Path:
+    from tomosift.structures import pdb_mirror_dir, resolve_structure, search_dirs
+
+    return resolve_structure(
+        args.input if hasattr(args, "input") else args.source,
+        search_dirs(args.structure_dir),
+        pdb_mirror_dir(),
+        None if args.offline else args.download_url,
+        args.cache_dir,
+    )
+
+
+def _density(args) -> None:
+    from tomosift.density import DensitySettings, make_density
+    from tomosift.io import write_mrc
+
+    settings = DensitySettings(
+        box_voxels=args.box, voxel_size_nm=args.voxel_size_nm, resolution_nm=args.resolution_nm,
+        method=args.method, assembly=args.assembly,
+    )
+    path = _resolve_source(args)
+    started = time.perf_counter()
+    volume, row = make_density(path, settings, name=Path(args.out).stem, source=args.input)
+    seconds = time.perf_counter() - started
+    write_mrc(args.out, volume, settings.voxel_size_nm)
+    mass = f"{row.mass_kda:.1f} kDa, {row.atoms} atoms, " if row.mass_kda is not None else ""
+    print(f"{args.out}: {row.description}; {mass}Rg {row.radius_of_gyration_nm:.2f} nm, "
+          f"extent {row.max_extent_nm:.1f} nm, {seconds:.2f} s")
+
+
+def _structure_files(entries: Sequence[str]) -> list[Path]:
+    from tomosift.structures import MAP_SUFFIXES, MODEL_SUFFIXES
+
+    files: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower()
+                           .removesuffix(".gz").endswith(MODEL_SUFFIXES + MAP_SUFFIXES))
+            if not found:
+                raise TomosiftError(f"{path}: the folder holds no PDB/mmCIF/MRC files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TomosiftError(f"{path}: file not found")
+    if not files:
+        raise TomosiftError("--structures: the structure list is empty")
+    return files
+
+
+def _simulate(args) -> None:
+    from tomosift.datasets import DatasetPlan, simulate_shard
+    from tomosift.density import DensitySettings, make_density
+    from tomosift.simulate import Optics, SimulationSettings
+    from tomosift.structures import default_name
+
+    files = _structure_files(args.structures)
+    grid = DensitySettings(box_voxels=args.box, voxel_size_nm=args.voxel_size_nm)
+    names, maps = [], []
+    for path in files:
+        volume, _ = make_density(path, grid)
+        names.append(default_name(str(path)))
+        maps.append(volume)
+    settings = SimulationSettings(
+        box_voxels=args.box, voxel_size_nm=args.voxel_size_nm, tilt_max_deg=args.tilt_max_deg,
+        tilt_step_deg=args.tilt_step_deg, optics=Optics(), reconstruction=args.mode,
+        noise_stage=args.noise_stage,
+    )
+    plan = DatasetPlan(
+        tuple(names), per_class=args.per_class, snr=args.snr, seed=args.seed,
+        empty_class=not args.no_empty, max_shift_voxels=args.max_shift_voxels,
+        volume_dtype=args.dtype,
+    )
+    simulate_shard(maps, plan, settings, 0, plan.n_particles, args.out)
+    print(f"{args.out}: {plan.n_particles} subtomograms of {len(plan.class_names)} classes")
+
+
+def _show(args) -> None:
+    from tomosift.datasets import dataset_summary
+
+    print(dataset_summary(args.dataset))
+
+
+def _snr(args) -> None:
+    from tomosift.io import read_mrc
+    from tomosift.snr import frank_al_ali_snr, summarise_pair_estimates
+
+    paths = list(args.maps)
+    if args.pairs is not None:
+        if not args.pairs.is_file():
+            raise TomosiftError(f"{args.pairs}: file not found")
+        for number, line in enumerate(args.pairs.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) != 2:
+                raise TomosiftError(f"{args.pairs}: line {number} must hold two paths")
+            paths += [Path(f) for f in fields]
+    if len(paths) < 2 or len(paths) % 2:
+        raise TomosiftError("snr: give an even number (at least 2) of MRC files, in pairs")
+    estimates = []
+    for first, second in zip(paths[::2], paths[1::2], strict=True):
+        a, _ = read_mrc(first)
+        b, _ = read_mrc(second)
+        estimate = frank_al_ali_snr(a, b)
+        estimates.append(estimate)
+        print(f"{first}\t{second}\t{estimate:.4g}")
+    summary = summarise_pair_estimates(np.asarray(estimates))
+    print(f"pairs {summary['pairs']}: mean SNR {summary['mean_snr']:.4g} "
+          f"(± {summary['standard_error']:.2g} s.e.), median {summary['median_snr']:.4g}")
+
+
+def _resolve(args) -> None:
+    print(_resolve_source(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""File output that never leaves a half-written file, and MRC input/output.
+
+Every writer in tomosift writes to a temporary name in the destination folder and renames it
+into place, so an interrupted run leaves either the old file or the new one, never a fragment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from tomosift import __version__
+from tomosift.errors import TomosiftError
+
+ANGSTROM_PER_NM = 10.0
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+
+    The temporary name keeps the file's suffixes (some libraries choose a format by suffix).
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffixes = "".join(final.suffixes)
+    _remove_stale_temporaries(final, suffixes)
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp{suffixes}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _remove_stale_temporaries(final: Path, suffixes: str) -> None:
+    """Delete temporaries of ``final`` left by killed processes (a SIGKILL skips cleanup)."""
+    for leftover in final.parent.glob(f".{final.stem}.*.tmp{suffixes}"):
+        pid_text = leftover.name[len(final.stem) + 2 :].split(".", 1)[0]
+        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_nm: float) -> None:
+    """Write a 3D volume as MRC (mode 2, float32), atomically.
+
+    Args:
+        path: destination file.
+        volume: array of shape (nz, ny, nx), indexed [z, y, x] as MRC sections/rows/columns.
+        voxel_size_nm: voxel edge in nm; the header stores it in Å as the MRC convention asks.
+
+    The header label is fixed (no time stamp) so that the same volume gives the same bytes.
+    """
+    data = np.ascontiguousarray(volume, dtype=np.float32)
+    if data.ndim != 3:
+        raise TomosiftError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(data)
+            mrc.voxel_size = voxel_size_nm * ANGSTROM_PER_NM
+            mrc.header.label[0] = f"tomosift {__version__}".encode()
+            mrc.header.nlabl = 1
+            mrc.update_header_stats()
+
+
+def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Read an MRC map.
+
+    Returns:
+        (volume, voxel_size_nm): the data as float32 of shape (nz, ny, nx), indexed [z, y, x],
+        and the voxel edge in nm taken from the header (which stores Å).
+
+    Raises:
+        TomosiftError: missing or unreadable file, non-3D data, non-cubic voxels, or a zero
+            or missing voxel size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TomosiftError(f"{path}: file not found")
+    try:
+        with mrcfile.open(path, permissive=True) as mrc:
+            if mrc.data is None:
+                raise TomosiftError(f"{path}: not a readable MRC map (no data block)")
+            data = np.array(mrc.data, dtype=np.float32)
+            axis_order = (int(mrc.header.maps), int(mrc.header.mapr), int(mrc.header.mapc))
+            voxel = mrc.voxel_size
+            voxel_xyz_angstrom = (float(voxel.x), float(voxel.y), float(voxel.z))
+    except TomosiftError:
+        raise
+    except Exception as exc:  # mrcfile raises ValueError, OSError, EOFError ...
+        raise TomosiftError(f"{path}: not a readable MRC map ({_first_line(exc)})") from exc
+    if data.ndim != 3:
+        raise TomosiftError(f"{path}: expected a 3D map, got data of shape {data.shape}")
+    if sorted(axis_order) == [1, 2, 3] and axis_order != (3, 2, 1):
+        # Files whose sections are not z (MAPC/MAPR/MAPS not 1/2/3): bring data to [z, y, x].
+        data = np.ascontiguousarray(np.transpose(data, [axis_order.index(a) for a in (3, 2, 1)]))
+    if not all(np.isfinite(v) and v > 0 for v in voxel_xyz_angstrom):
+        raise TomosiftError(
+            f"{path}: the header's voxel size is zero or missing ({voxel_xyz_angstrom} Å); "
+            "set it (e.g. with mrcfile or relion_image_handler --angpix) and try again"
+        )
+    if max(voxel_xyz_angstrom) - min(voxel_xyz_angstrom) > 1e-3 * max(voxel_xyz_angstrom):
+        raise TomosiftError(f"{path}: voxels are not cubic ({voxel_xyz_angstrom} Å)")
+    if not np.all(np.isfinite(data)):
+        raise TomosiftError(f"{path}: the map contains NaN or infinite values")
+    return data, voxel_xyz_angstrom[0] / ANGSTROM_PER_NM
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
