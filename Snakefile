@@ -15,6 +15,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/densities.smk"
 include: "workflow/rules/simulate.smk"
+include: "workflow/rules/classify.smk"
 
 
 rule all:

@@ -30,6 +30,7 @@ except TomosiftError as error:
     raise WorkflowError(str(error)) from None
 
 SIM = config["simulation"]
+CLASSIFY = config["classification"]
 SOURCES = config["structure_sources"]
 NAMES = [spec.name for spec in STRUCTURES]
 SPEC_BY_NAME = {spec.name: spec for spec in STRUCTURES}
@@ -42,6 +43,7 @@ wildcard_constraints:
     dataset=r"snr[0-9.e+-]+_tilt[0-9.]+",
     shard=r"\d{5}",
     pdb_id=r"[A-Za-z0-9_]+",
+    method=r"inception3d|dsrf3d|resnet3d|rif-svm",
 
 
 # -- structures -----------------------------------------------------------------------------
@@ -163,6 +165,34 @@ def figure_structures():
     return chosen
 
 
+# -- classification -------------------------------------------------------------------------
+
+
+def classification_gpus(wildcards):
+    """GPUs a training/evaluation job asks the scheduler for (none for the RIF-SVM)."""
+    return 0 if wildcards.method == "rif-svm" else CLASSIFY["gpus"]
+
+
+def training_runtime_min(wildcards):
+    """A generous wall-time estimate: 0.5 s per training subtomogram per epoch on a CPU,
+    0.02 s on a GPU."""
+    n_train = dataset_plan(1.0).n_particles * (1 - SIM["test_fraction"])
+    if wildcards.method == "rif-svm":
+        return max(10, math.ceil(n_train * 0.05 / 60))
+    per_model = CLASSIFY["models"].get(wildcards.method, {})
+    epochs = per_model.get("epochs", CLASSIFY["epochs"])
+    seconds = 0.02 if CLASSIFY["gpus"] else 0.5
+    return max(10, math.ceil(n_train * epochs * seconds / 60))
+
+
+def metric_files(wildcards=None):
+    return expand(
+        "results/classification/{dataset}/{method}/metrics.json",
+        dataset=DATASETS,
+        method=CLASSIFY["methods"],
+    )
+
+
 # -- targets --------------------------------------------------------------------------------
 
 
@@ -175,4 +205,7 @@ def all_targets():
         *expand("results/figures/snr_tilt_grid_{name}.png", name=figure_structures()),
         "results/figures/ctf_power_spectrum.png",
         "results/figures/missing_wedge.png",
+        "results/table1.tsv",
+        "results/table1.html",
+        "results/figures/table1_heatmap.png",
     ]

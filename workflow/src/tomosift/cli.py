@@ -75,6 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
     snr.add_argument("--pairs", type=Path, help="TSV with two columns of MRC paths, one pair a row")
     snr.set_defaults(handler=_snr)
 
+    train = commands.add_parser("train", help="train a classifier on a dataset's train split")
+    train.add_argument("--data", required=True, type=Path, help="dataset file (HDF5)")
+    train.add_argument("--model", required=True,
+                       choices=("inception3d", "dsrf3d", "resnet3d", "rif-svm"))
+    train.add_argument("--out", required=True, type=Path, help="model file to write")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--learning-rate", type=float, default=0.01)
+    train.add_argument("--lr-decay", type=float, default=1e-6)
+    train.add_argument("--dropout", type=float, default=None,
+                       help="dropout rate (default: the model's; Inception3D 0.3 as the paper)")
+    train.add_argument("--augment", action="store_true",
+                       help="random 180° rotations that keep the missing wedge")
+    train.add_argument("--normalise", choices=("per_subtomogram", "none"),
+                       default="per_subtomogram")
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
+    train.add_argument("--threads", type=int, default=None)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="test a model on a dataset split")
+    evaluate.add_argument("--model", required=True, type=Path)
+    evaluate.add_argument("--data", required=True, type=Path)
+    evaluate.add_argument("--split", choices=("test", "train", "all"), default="test")
+    evaluate.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(handler=_evaluate)
+
     resolve = commands.add_parser("resolve", help="where a PDB ID is found (or downloaded to)")
     resolve.add_argument("source")
     _add_source_options(resolve)
@@ -206,6 +235,45 @@ def _snr(args) -> None:
     summary = summarise_pair_estimates(np.asarray(estimates))
     print(f"pairs {summary['pairs']}: mean SNR {summary['mean_snr']:.4g} "
           f"(± {summary['standard_error']:.2g} s.e.), median {summary['median_snr']:.4g}")
+
+
+def _train(args) -> None:
+    from dataclasses import replace
+
+    from tomosift.train import TrainingSettings, train_cnn, train_rif_svm
+
+    if args.model == "rif-svm":
+        record = train_rif_svm(args.data, args.out, seed=args.seed)
+        cv = record["cv_accuracy"]
+        print(f"{args.out}: RIF-SVM, C {record['chosen_c']:g}, gamma {record['chosen_gamma']}, "
+              f"cross-validated accuracy {'n/a' if cv is None else f'{cv:.3f}'}")
+        return
+    settings = TrainingSettings(
+        architecture=args.model, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, lr_decay=args.lr_decay, augment=args.augment,
+        normalise=args.normalise, seed=args.seed, device=args.device, threads=args.threads,
+        precision=args.precision,
+    )
+    if args.dropout is not None:
+        settings = replace(settings, dropout=args.dropout)
+    history = train_cnn(args.data, settings, args.out)
+    last = history[-1]
+    print(f"{args.out}: {args.model}, {len(history)} epochs, train loss {last.loss:.3f}, "
+          f"train accuracy {last.accuracy:.3f}, {last.seconds_per_subtomogram:.4f} s per "
+          "subtomogram per epoch")
+
+
+def _evaluate(args) -> None:
+    import json
+
+    from tomosift.io import write_text
+    from tomosift.train import evaluate
+
+    metrics = evaluate(args.model, args.data, args.split, args.device)
+    write_text(args.out, json.dumps(metrics, indent=1))
+    print(f"{args.out}: {metrics['method']} accuracy {metrics['accuracy']:.3f} on "
+          f"{metrics['n_subtomograms']} {args.split} subtomograms, "
+          f"{metrics['inference_seconds_per_subtomogram']:.4f} s per subtomogram")
 
 
 def _resolve(args) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,16 @@ def describe_error(error: jsonschema.ValidationError) -> str:
     validator = error.validator
     if validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(value) - set(allowed))
+        patterns = list(error.schema.get("patternProperties", {}))
+        unknown = sorted(key for key in set(value) - set(allowed)
+                         if not any(re.search(pattern, key) for pattern in patterns))
         parts = []
         for key in unknown:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             parts.append(f"unknown key '{_join(where, key)}'{hint}")
-        return "; ".join(parts) + f"; allowed here: {', '.join(allowed)}"
+        allowed_text = ", ".join(allowed + [f"keys matching {p}" for p in patterns])
+        return "; ".join(parts) + f"; allowed here: {allowed_text}"
     if validator == "required":
         return f"{where or 'top level'}: {error.message}"
     if validator == "type":

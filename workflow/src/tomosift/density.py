@@ -31,6 +31,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from tomosift.errors import TomosiftError
+from tomosift.grids import trilinear_corners
 from tomosift.io import read_mrc
 from tomosift.structures import AtomicModel, is_map_file, read_atomic_model
 
@@ -202,18 +203,10 @@ def electron_density(
 
 def _splat_trilinear(positions: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
     """Spread weights at (N, 3) x y z positions (voxel units) onto an (n, n, n) [z, y, x] grid."""
-    base = np.floor(positions).astype(np.int64)
-    frac = positions - base
     grid = np.zeros(n**3, dtype=np.float64)
-    for dz in (0, 1):
-        wz = frac[:, 2] if dz else 1 - frac[:, 2]
-        for dy in (0, 1):
-            wy = frac[:, 1] if dy else 1 - frac[:, 1]
-            for dx in (0, 1):
-                wx = frac[:, 0] if dx else 1 - frac[:, 0]
-                iz, iy, ix = base[:, 2] + dz, base[:, 1] + dy, base[:, 0] + dx
-                flat = (iz % n) * n * n + (iy % n) * n + (ix % n)
-                grid += np.bincount(flat, weights * wz * wy * wx, minlength=n**3)
+    for corner, corner_weight in trilinear_corners(positions):
+        ix, iy, iz = (corner % n).T
+        grid += np.bincount((iz * n + iy) * n + ix, weights * corner_weight, minlength=n**3)
     return grid.reshape(n, n, n)
 
 

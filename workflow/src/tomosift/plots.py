@@ -143,3 +143,44 @@ def fourier_coverage(
                     fontsize=9)
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def accuracy_heatmap(
+    rows: Sequence[str], columns: Sequence[str], ours: np.ndarray, paper: np.ndarray,
+    path: str | os.PathLike,
+) -> None:
+    """Two heat maps, ours and the paper's, rows SNR, columns tilt range x method."""
+    figure, axes = plt.subplots(
+        1, 2, figsize=(max(7.0, 1.1 * len(columns) * 2), 0.6 * len(rows) + 2.8),
+        squeeze=False, sharey=True, layout="constrained",
+    )
+    for ax, values, title in ((axes[0, 0], ours, "tomosift"), (axes[0, 1], paper, "paper")):
+        image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.tick_params(axis="y", labelleft=ax is axes[0, 0])
+        ax.set_title(f"{title}: test accuracy", fontsize=10)
+        for (i, j), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < 0.6 else "black")
+    figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    save_figure(figure, path)
+
+
+def confusion_matrix(
+    matrix: np.ndarray, class_names: Sequence[str], title: str, path: str | os.PathLike
+) -> None:
+    """Row-normalised confusion matrix (true class in rows)."""
+    counts = np.asarray(matrix, dtype=float)
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.32 * len(class_names)
+    figure, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(fractions, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path)
