@@ -32,9 +32,9 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 	$(BIN)/snakemake --lint
-	$(BIN)/snakemake -n --quiet all
-	$(BIN)/snakemake -n --quiet all --configfile config/paper.yaml
-	$(BIN)/snakemake -n --quiet all --configfile config/benchmark22.yaml
+	$(BIN)/snakemake -n --quiet rules all
+	$(BIN)/snakemake -n --quiet rules all --configfile config/paper.yaml
+	$(BIN)/snakemake -n --quiet rules all --configfile config/benchmark22.yaml
 
 clean:
 	rm -rf results .snakemake
