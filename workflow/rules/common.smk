@@ -1,6 +1,7 @@
 # Config validation and the small functions that turn the config into targets and parameters.
 
 import math
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -43,7 +44,7 @@ wildcard_constraints:
     dataset=r"snr[0-9.e+-]+_tilt[0-9.]+",
     shard=r"\d{5}",
     pdb_id=r"[A-Za-z0-9_]+",
-    method=r"inception3d|dsrf3d|resnet3d|rif-svm",
+    method="|".join(re.escape(method) for method in CLASSIFY["methods"]),
 
 
 # -- structures -----------------------------------------------------------------------------
