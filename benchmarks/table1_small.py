@@ -43,7 +43,8 @@ def main() -> None:
                          REPO / "workflow/schemas/config.schema.yaml")
     classification = {**config["classification"], "epochs": args.epochs, "threads": 2}
     args.out.mkdir(parents=True, exist_ok=True)
-    data = args.out / f"snr{args.snr:g}_tilt{args.tilt_max_deg:g}.h5"
+    grid_point = f"snr{args.snr:g}_tilt{args.tilt_max_deg:g}"
+    data = args.out / f"{grid_point}.h5"
     if not data.exists():
         started = time.perf_counter()
         specs = parse_structure_entries(config["structures"])
@@ -60,13 +61,13 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {platform.processor()}")
     rows = []
     for method in args.methods:
-        model = args.out / f"{method}.pt"
+        model = args.out / f"{grid_point}_{method}.pt"
         started = time.perf_counter()
         if not model.exists():
             train_method(method, data, model, classification, seed=config["seed"])
         wall = time.perf_counter() - started
         metrics = evaluate(model, data, "test")
-        write_text(args.out / f"{method}.json", json.dumps(metrics, indent=1))
+        write_text(args.out / f"{grid_point}_{method}.json", json.dumps(metrics, indent=1))
         rows.append((method, metrics, wall))
         print(f"{method:12s} test accuracy {metrics['accuracy']:.3f}  "
               f"train {metrics['train_seconds_per_subtomogram_per_epoch']:.4f} s/subtomo/epoch  "

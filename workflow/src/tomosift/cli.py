@@ -12,6 +12,7 @@ import numpy as np
 
 from tomosift import __version__
 from tomosift.errors import TomosiftError
+from tomosift.recipe import METHODS, NORMALISATIONS, PRECISIONS, TrainingSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,24 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     snr.set_defaults(handler=_snr)
 
     train = commands.add_parser("train", help="train a classifier on a dataset's train split")
+    recipe = TrainingSettings()  # the paper's recipe, as the defaults
     train.add_argument("--data", required=True, type=Path, help="dataset file (HDF5)")
-    train.add_argument("--model", required=True,
-                       choices=("inception3d", "dsrf3d", "resnet3d", "rif-svm"))
+    train.add_argument("--model", required=True, choices=METHODS)
     train.add_argument("--out", required=True, type=Path, help="model file to write")
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--learning-rate", type=float, default=0.01)
-    train.add_argument("--lr-decay", type=float, default=1e-6)
-    train.add_argument("--dropout", type=float, default=None,
+    train.add_argument("--epochs", type=int, default=recipe.epochs)
+    train.add_argument("--batch-size", type=int, default=recipe.batch_size)
+    train.add_argument("--learning-rate", type=float, default=recipe.learning_rate)
+    train.add_argument("--lr-decay", type=float, default=recipe.lr_decay)
+    train.add_argument("--dropout", type=float, default=recipe.dropout,
                        help="dropout rate (default: the model's; Inception3D 0.3 as the paper)")
     train.add_argument("--augment", action="store_true",
                        help="random 180° rotations that keep the missing wedge")
-    train.add_argument("--normalise", choices=("per_subtomogram", "none"),
-                       default="per_subtomogram")
-    train.add_argument("--seed", type=int, default=1)
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
-    train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--normalise", choices=NORMALISATIONS, default=recipe.normalise)
+    train.add_argument("--seed", type=int, default=recipe.seed)
+    train.add_argument("--device", default=recipe.device, help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--precision", choices=PRECISIONS, default=recipe.precision)
+    train.add_argument("--threads", type=int, default=recipe.threads)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="test a model on a dataset split")
@@ -238,9 +238,7 @@ def _snr(args) -> None:
 
 
 def _train(args) -> None:
-    from dataclasses import replace
-
-    from tomosift.train import TrainingSettings, train_cnn, train_rif_svm
+    from tomosift.train import train_cnn, train_rif_svm
 
     if args.model == "rif-svm":
         record = train_rif_svm(args.data, args.out, seed=args.seed)
@@ -251,11 +249,9 @@ def _train(args) -> None:
     settings = TrainingSettings(
         architecture=args.model, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, lr_decay=args.lr_decay, augment=args.augment,
-        normalise=args.normalise, seed=args.seed, device=args.device, threads=args.threads,
-        precision=args.precision,
+        dropout=args.dropout, normalise=args.normalise, seed=args.seed, device=args.device,
+        threads=args.threads, precision=args.precision,
     )
-    if args.dropout is not None:
-        settings = replace(settings, dropout=args.dropout)
     history = train_cnn(args.data, settings, args.out)
     last = history[-1]
     print(f"{args.out}: {args.model}, {len(history)} epochs, train loss {last.loss:.3f}, "

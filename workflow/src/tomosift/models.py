@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tomosift.errors import TomosiftError
-
-ARCHITECTURES = ("inception3d", "dsrf3d", "resnet3d")
+from tomosift.recipe import ARCHITECTURES
 
 
 class _SamePoolStride1(nn.Module):

@@ -40,40 +40,10 @@ from tomosift import __version__
 from tomosift.datasets import class_names_of, open_dataset
 from tomosift.errors import TomosiftError
 from tomosift.io import atomic_path
-from tomosift.models import ARCHITECTURES, build_model
+from tomosift.models import build_model
+from tomosift.recipe import ARCHITECTURES, METHODS, TrainingSettings
 
-METHODS = (*ARCHITECTURES, "rif-svm")
 MODEL_FORMAT = "tomosift-model-1"
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """How a CNN is trained (defaults: the paper's recipe)."""
-
-    architecture: str = "inception3d"
-    epochs: int = 20
-    batch_size: int = 64
-    learning_rate: float = 0.01
-    lr_decay: float = 1e-6
-    momentum: float = 0.9
-    dropout: float | None = None
-    normalise: str = "per_subtomogram"
-    augment: bool = False
-    seed: int = 1
-    device: str = "auto"
-    threads: int | None = None
-    precision: str = "auto"
-    clip_grad_norm: float | None = 1.0
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("auto", "float32", "bfloat16"):
-            raise TomosiftError("precision must be auto, float32 or bfloat16")
-        if self.architecture not in ARCHITECTURES:
-            raise TomosiftError(f"unknown model '{self.architecture}'; choose one of {METHODS}")
-        if self.normalise not in ("per_subtomogram", "none"):
-            raise TomosiftError("normalise must be 'per_subtomogram' or 'none'")
-        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise TomosiftError("epochs and batch_size must be >= 1 and the learning rate > 0")
 
 
 @dataclass
