@@ -7,7 +7,11 @@ the RIF-SVM (C and gamma cross-validated on the train split) on subsets of the f
 - radial: degree 0 only, P(r, 0), the spherically averaged power spectrum of the subtomogram;
 - angular: degrees >= 2 only;
 - angular / radial: degrees >= 2 divided by P(r, 0) of their shell (shape without the
-  spectrum's radial profile).
+  spectrum's radial profile);
+- low shells: every degree on the shells up to 0.45 Nyquist only (radius <= 9 of 20 for a 40³
+  box), as if the subtomograms had been low-pass filtered there, as the simulation code of the
+  paper's lineage does (its band-pass threshold is a quarter of the box radius in 1/nm
+  divided by Nyquist); high shells: the rest.
 
     python benchmarks/rif_ablation.py results/benchmarks/table1_small/snr0.1_tilt60.h5
 """
@@ -40,11 +44,15 @@ def main() -> None:
         shells = matrix.reshape(len(matrix), -1, n_degrees)  # shell-major layout
         radial = shells[:, :, :1]
         angular = shells[:, :, 1:]
+        low = int(0.45 * shells.shape[1])  # shells are radii 1 .. n/2
         return {
             "all": matrix,
             "radial (degree 0)": radial.reshape(len(matrix), -1),
             "angular (degrees >= 2)": angular.reshape(len(matrix), -1),
             "angular / radial": (angular / np.maximum(radial, 1e-12)).reshape(len(matrix), -1),
+            f"low shells (r <= {low})": shells[:, :low].reshape(len(matrix), -1),
+            f"high shells (r > {low})": shells[:, low:].reshape(len(matrix), -1),
+            f"radial, low shells (r <= {low})": radial[:, :low].reshape(len(matrix), -1),
         }
 
     train, test = subsets(features["train"]), subsets(features["test"])

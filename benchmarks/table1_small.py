@@ -38,10 +38,16 @@ def main() -> None:
     parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--tilt-max-deg", type=float, default=60.0)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--input-binning", type=int, default=1,
+                        help="Fourier-bin subtomograms by this factor before the CNNs")
     args = parser.parse_args()
     config = load_config(REPO / "config/benchmark22.yaml",
                          REPO / "workflow/schemas/config.schema.yaml")
     classification = {**config["classification"], "epochs": args.epochs, "threads": 2}
+    if args.input_binning != 1:
+        classification["models"] = {
+            name: {**classification["models"].get(name, {}), "input_binning": args.input_binning}
+            for name in ("inception3d", "dsrf3d", "resnet3d")}
     args.out.mkdir(parents=True, exist_ok=True)
     grid_point = f"snr{args.snr:g}_tilt{args.tilt_max_deg:g}"
     data = args.out / f"{grid_point}.h5"
@@ -61,13 +67,15 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {platform.processor()}")
     rows = []
     for method in args.methods:
-        model = args.out / f"{grid_point}_{method}.pt"
+        binned = args.input_binning != 1 and method != "rif-svm"
+        name = f"{grid_point}_{method}" + (f"_bin{args.input_binning}" if binned else "")
+        model = args.out / f"{name}.pt"
         started = time.perf_counter()
         if not model.exists():
             train_method(method, data, model, classification, seed=config["seed"])
         wall = time.perf_counter() - started
         metrics = evaluate(model, data, "test")
-        write_text(args.out / f"{grid_point}_{method}.json", json.dumps(metrics, indent=1))
+        write_text(args.out / f"{name}.json", json.dumps(metrics, indent=1))
         rows.append((method, metrics, wall))
         print(f"{method:12s} test accuracy {metrics['accuracy']:.3f}  "
               f"train {metrics['train_seconds_per_subtomogram_per_epoch']:.4f} s/subtomo/epoch  "

@@ -11,6 +11,7 @@ import pytest
 
 from tomosift.config import load_config, load_yaml, validate_config
 from tomosift.errors import TomosiftError
+from tomosift.recipe import method_architecture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,3 +84,21 @@ def test_snakemake_stops_with_one_line_naming_the_key(tmp_path):
     lines = [line for line in output.splitlines() if "simulation.snrs" in line]
     assert lines, output
     assert "did you mean 'snr'" in lines[0]
+
+
+def test_named_variants_resolve_to_their_architecture():
+    models = {"dsrf3d-bin2": {"architecture": "dsrf3d", "input_binning": 2},
+              "inception3d": {"dropout": 0.7}}
+    assert method_architecture("dsrf3d-bin2", models) == "dsrf3d"
+    assert method_architecture("inception3d", models) == "inception3d"
+    assert method_architecture("rif-svm", models) == "rif-svm"
+    with pytest.raises(TomosiftError, match="unknown method 'vgg3d'"):
+        method_architecture("vgg3d", models)
+    with pytest.raises(TomosiftError, match="keeps its architecture"):
+        method_architecture("dsrf3d", {"dsrf3d": {"architecture": "resnet3d"}})
+    config = validate_config({"structures": ["1bxn"], "classification": {
+        "methods": ["dsrf3d-bin2"], "models": models}}, SCHEMA)
+    assert config["classification"]["models"]["dsrf3d-bin2"]["input_binning"] == 2
+    with pytest.raises(TomosiftError, match="architecture"):
+        validate_config({"structures": ["1bxn"], "classification": {
+            "models": {"x": {"architecture": "vgg3d"}}}}, SCHEMA)

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = """
@@ -26,10 +27,12 @@ simulation:
 figures:
   structures: [prx]
 classification:
-  methods: [inception3d, dsrf3d, rif-svm]
+  methods: [inception3d, dsrf3d, dsrf3d-bin2, rif-svm]
   epochs: 1
   batch_size: 6
   precision: float32
+  models:
+    dsrf3d-bin2: {architecture: dsrf3d, input_binning: 2}
 """
 TAGS = ("snr0.5_tilt60", "snr0.05_tilt60")
 # Timings make metrics and model files differ from run to run; everything else is compared
@@ -77,13 +80,17 @@ def test_outputs_of_a_run(finished_run):
                 "train/snr0.5_tilt60/dsrf3d.log"):
         assert (results / "logs" / log).exists()
     table = pd.read_csv(results / "table1.tsv", sep="\t")
-    assert len(table) == 2 * 3
-    assert set(table["method"]) == {"inception3d", "dsrf3d", "rif-svm"}
+    assert len(table) == 2 * 4
+    assert set(table["method"]) == {"inception3d", "dsrf3d", "dsrf3d-bin2", "rif-svm"}
     assert table["accuracy"].between(0, 1).all()
     paper = table.set_index(["snr", "method"])["paper_accuracy"]
     assert paper[(0.5, "rif-svm")] == pytest.approx(0.929)  # the paper's value beside ours
     html = (results / "table1.html").read_text()
-    assert "Inception3D" in html and "(0.975)" in html
+    assert "Inception3D" in html and "(0.975)" in html and "dsrf3d-bin2" in html
+    variant = torch.load(results / "classification/snr0.5_tilt60/dsrf3d-bin2/model.pt",
+                         weights_only=False)
+    assert variant["method"] == "dsrf3d-bin2" and variant["architecture"] == "dsrf3d"
+    assert variant["settings"]["input_binning"] == 2
     assert (results / "classification/snr0.05_tilt60/rif-svm/confusion.png").exists()
 
 

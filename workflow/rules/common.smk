@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from tomosift.config import load_yaml, validate_config
 from tomosift.datasets import DatasetPlan
 from tomosift.errors import TomosiftError
+from tomosift.recipe import method_architecture
 from tomosift.structures import (
     find_local_structure,
     parse_structure_entries,
@@ -27,6 +28,8 @@ try:
         source=CONFIG_SOURCE,
     )
     STRUCTURES = parse_structure_entries(config["structures"])
+    for method in config["classification"]["methods"]:
+        method_architecture(method, config["classification"]["models"])
 except TomosiftError as error:
     raise WorkflowError(str(error)) from None
 

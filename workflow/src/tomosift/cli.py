@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=recipe.device, help="auto, cpu, cuda or cuda:N")
     train.add_argument("--precision", choices=PRECISIONS, default=recipe.precision)
     train.add_argument("--threads", type=int, default=recipe.threads)
+    train.add_argument("--input-binning", type=int, default=recipe.input_binning,
+                       help="Fourier-bin subtomograms by this factor first (2: 40³ -> 20³)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="test a model on a dataset split")
@@ -250,7 +252,7 @@ def _train(args) -> None:
         architecture=args.model, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, lr_decay=args.lr_decay, augment=args.augment,
         dropout=args.dropout, normalise=args.normalise, seed=args.seed, device=args.device,
-        threads=args.threads, precision=args.precision,
+        threads=args.threads, precision=args.precision, input_binning=args.input_binning,
     )
     history = train_cnn(args.data, settings, args.out)
     last = history[-1]

@@ -17,6 +17,16 @@ METHOD_LABELS = {"inception3d": "Inception3D", "dsrf3d": "DSRF3D", "resnet3d": "
                  "rif-svm": "RIF-SVM"}
 
 
+def _ordered_methods(frame: pd.DataFrame) -> list[str]:
+    """The paper's methods and tomosift's in a fixed order, then named variants by name."""
+    present = set(frame["method"])
+    return [m for m in METHOD_LABELS if m in present] + sorted(present - set(METHOD_LABELS))
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
 def paper_table1() -> pd.DataFrame:
     """The paper's Table 1 in long form: snr, tilt_max_deg, method, accuracy."""
     text = resources.files("tomosift").joinpath("data/paper_table1.tsv").read_text()
@@ -60,11 +70,11 @@ def render_html(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """The table laid out like the paper's: rows SNR, columns tilt range x method;
     each cell "ours (paper)", the best of a row and tilt range in bold."""
     tilts = sorted(frame["tilt_max_deg"].unique(), reverse=True)
-    methods = [m for m in METHOD_LABELS if m in set(frame["method"])]
+    methods = _ordered_methods(frame)
     snrs = sorted(frame["snr"].unique(), reverse=True)
     lookup = frame.set_index(["snr", "tilt_max_deg", "method"])
     head_1 = "".join(f'<th colspan="{len(methods)}">±{t:g}°</th>' for t in tilts)
-    head_2 = "".join(f"<th>{METHOD_LABELS[m]}</th>" for _ in tilts for m in methods)
+    head_2 = "".join(f"<th>{html.escape(_label(m))}</th>" for _ in tilts for m in methods)
     body = []
     for snr in snrs:
         cells = []
@@ -103,7 +113,7 @@ def plot_heatmap(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     from tomosift.plots import accuracy_heatmap
 
     tilts = sorted(frame["tilt_max_deg"].unique(), reverse=True)
-    methods = [m for m in METHOD_LABELS if m in set(frame["method"])]
+    methods = _ordered_methods(frame)
     snrs = sorted(frame["snr"].unique(), reverse=True)
     lookup = frame.set_index(["snr", "tilt_max_deg", "method"])
     ours = np.full((len(snrs), len(tilts) * len(methods)), np.nan)
@@ -115,7 +125,7 @@ def plot_heatmap(frame: pd.DataFrame, path: str | os.PathLike) -> None:
                     ours[i, t * len(methods) + m] = lookup.loc[(snr, tilt, method), "accuracy"]
                     paper[i, t * len(methods) + m] = lookup.loc[(snr, tilt, method),
                                                                 "paper_accuracy"]
-    columns = [f"±{t:g}° {METHOD_LABELS[m]}" for t in tilts for m in methods]
+    columns = [f"±{t:g}° {_label(m)}" for t in tilts for m in methods]
     accuracy_heatmap([f"SNR {s:g}" for s in snrs], columns, ours, paper, path)
 
 

@@ -41,7 +41,7 @@ from tomosift.datasets import class_names_of, open_dataset
 from tomosift.errors import TomosiftError
 from tomosift.io import atomic_path
 from tomosift.models import build_model
-from tomosift.recipe import ARCHITECTURES, METHODS, TrainingSettings
+from tomosift.recipe import ARCHITECTURES, TrainingSettings, method_architecture
 
 MODEL_FORMAT = "tomosift-model-1"
 
@@ -104,8 +104,29 @@ def normalise_volumes(volumes: np.ndarray) -> np.ndarray:
     return ((flat - mean) / np.maximum(std, 1e-8)).reshape(volumes.shape)
 
 
-def read_volumes(h5, indices: np.ndarray, normalise: str) -> np.ndarray:
-    """(B, n, n, n) float32 volumes at ``indices`` (any order) from an open dataset file.
+def fourier_bin(volumes: np.ndarray, factor: int) -> np.ndarray:
+    """Bin a (B, n, n, n) batch to (B, n/factor, ...) by keeping its central frequencies.
+
+    Fourier cropping: the output holds exactly the frequencies below 1/factor of the input's
+    Nyquist frequency, unaliased, and its voxels are ``factor`` times larger. Values keep
+    their scale (the mean is preserved). ``factor`` must divide n.
+    """
+    if factor == 1:
+        return volumes
+    n = volumes.shape[-1]
+    if n % factor or (n // factor) % 2:
+        raise TomosiftError(f"input_binning {factor} needs a box divisible by {2 * factor}, "
+                            f"got {n}")
+    m = n // factor
+    spectrum = np.fft.rfftn(volumes, axes=(1, 2, 3))
+    keep = np.r_[0 : m // 2, n - m // 2 : n]
+    cropped = spectrum[:, keep][:, :, keep][..., : m // 2 + 1]
+    return (np.fft.irfftn(cropped, s=(m, m, m), axes=(1, 2, 3)) / factor**3).astype(np.float32)
+
+
+def read_volumes(h5, indices: np.ndarray, normalise: str, binning: int = 1) -> np.ndarray:
+    """(B, n, n, n) float32 volumes at ``indices`` (any order) from an open dataset file,
+    Fourier-binned by ``binning`` (n -> n / binning) and then normalised.
 
     Volumes are read one chunk at a time: h5py's point selections on a virtual dataset are
     about ten times slower than single-volume reads.
@@ -114,6 +135,7 @@ def read_volumes(h5, indices: np.ndarray, normalise: str) -> np.ndarray:
     volumes = np.empty((len(indices), *dataset.shape[1:]), dtype=np.float32)
     for row, index in enumerate(indices):
         volumes[row] = dataset[int(index)]
+    volumes = fourier_bin(volumes, binning)
     return normalise_volumes(volumes) if normalise == "per_subtomogram" else volumes
 
 
@@ -183,6 +205,7 @@ def train_cnn(
     checkpoint_path: str | os.PathLike | None = None,
     progress: bool = True,
     stop_after_epochs: int | None = None,
+    method: str | None = None,
 ) -> list[EpochRecord]:
     """Train a CNN on the train split of a dataset file and save it to ``out_path``.
 
@@ -195,6 +218,8 @@ def train_cnn(
         progress: show a progress bar with loss and accuracy.
         stop_after_epochs: stop (without writing ``out_path``) after this many epochs in this
             call; for tests of interrupted runs.
+        method: the name the model is saved under (default: the architecture); a config's
+            named variant, such as ``dsrf3d-bin2``.
 
     Returns:
         The training history, one record per epoch.
@@ -206,8 +231,12 @@ def train_cnn(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
+    if data.box_voxels % (2 * settings.input_binning):
+        raise TomosiftError(f"{data_path}: box {data.box_voxels} cannot be binned by "
+                            f"{settings.input_binning}")
     model = _prepare(build_model(settings.architecture, len(data.class_names),
-                                 data.box_voxels, settings.dropout), device)
+                                 data.box_voxels // settings.input_binning, settings.dropout),
+                     device)
     optimiser = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
                                 momentum=settings.momentum, nesterov=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -237,7 +266,7 @@ def train_cnn(
                             "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
                             "history": [asdict(r) for r in history]}, tmp)
     save_model(out_path, {
-        "method": settings.architecture,
+        "method": method or settings.architecture,
         "architecture": settings.architecture,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "settings": asdict(settings),
@@ -262,7 +291,8 @@ def _train_epoch(model, optimiser, schedule, h5, data: SplitData, settings: Trai
                unit="batch", disable=not progress, mininterval=2.0)
     for start in bar:
         chosen = order[start : start + settings.batch_size]
-        volumes = read_volumes(h5, data.indices[chosen], settings.normalise)
+        volumes = read_volumes(h5, data.indices[chosen], settings.normalise,
+                               settings.input_binning)
         inputs = torch.from_numpy(volumes).unsqueeze(1)
         if settings.augment:
             inputs = augment_batch(inputs, generator)
@@ -319,8 +349,9 @@ def load_model(path: str | os.PathLike) -> dict:
 def restore_cnn(payload: dict, device: torch.device | None = None) -> torch.nn.Module:
     """The network of a CNN model file, in evaluation mode."""
     settings = payload["settings"]
+    binning = settings.get("input_binning", 1)
     model = build_model(payload["architecture"], len(payload["class_names"]),
-                        payload["box_voxels"], settings.get("dropout"))
+                        payload["box_voxels"] // binning, settings.get("dropout"))
     model.load_state_dict(payload["state_dict"])
     return _prepare(model, device or torch.device("cpu")).eval()
 
@@ -373,10 +404,12 @@ def predict(
             torch_device = choose_device(device)
             model = restore_cnn(payload, torch_device)
             normalise = payload["settings"]["normalise"]
+            binning = payload["settings"].get("input_binning", 1)
             bfloat16 = use_bfloat16(torch_device, precision)
             for start in tqdm(range(0, len(data.indices), batch_size), desc="inference",
                               unit="batch", disable=not progress, mininterval=2.0):
-                volumes = read_volumes(h5, data.indices[start : start + batch_size], normalise)
+                volumes = read_volumes(h5, data.indices[start : start + batch_size], normalise,
+                                       binning)
                 outputs.append(cnn_scores(model, volumes, torch_device, layer, bfloat16))
     seconds = (time.perf_counter() - started) / len(data.indices)
     return data, np.concatenate(outputs), seconds
@@ -486,8 +519,8 @@ def train_method(
     checkpoint_path: str | os.PathLike | None = None,
     progress: bool = True,
 ):
-    """Train ``method`` (a CNN architecture or ``rif-svm``) with the workflow's
-    ``classification`` settings (see the config schema)."""
+    """Train ``method`` (a CNN architecture, a named variant of one, or ``rif-svm``) with the
+    workflow's ``classification`` settings (see the config schema)."""
     if method == "rif-svm":
         from tomosift.rif import RifSettings
 
@@ -497,15 +530,19 @@ def train_method(
             RifSettings(max_degree=rif.get("max_degree", 10), shells=rif.get("shells")),
             rif.get("c_grid"), rif.get("gamma_grid"), rif.get("cv_folds", 3), seed, progress,
         )
-    if method not in ARCHITECTURES:
-        raise TomosiftError(f"unknown method '{method}'; choose one of {METHODS}")
     return train_cnn(data_path, settings_from_config(classification, method, seed), out_path,
-                     checkpoint_path, progress)
+                     checkpoint_path, progress, method=method)
 
 
-def settings_from_config(classification: dict, architecture: str, seed: int) -> TrainingSettings:
-    """CNN training settings from the workflow's ``classification`` config section."""
-    per_model = classification.get("models", {}).get(architecture, {})
+def settings_from_config(classification: dict, method: str, seed: int) -> TrainingSettings:
+    """CNN training settings of ``method`` (an architecture or a named variant) from the
+    workflow's ``classification`` config section: the shared settings, then the method's own
+    under ``classification.models``."""
+    models = classification.get("models", {})
+    architecture = method_architecture(method, models)
+    if architecture not in ARCHITECTURES:
+        raise TomosiftError(f"'{method}' is not a CNN; choose one of {', '.join(ARCHITECTURES)}")
+    per_model = {k: v for k, v in models.get(method, {}).items() if k != "architecture"}
     base = TrainingSettings(
         architecture=architecture,
         epochs=classification["epochs"],
