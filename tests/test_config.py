@@ -72,18 +72,23 @@ def test_structures_required():
     assert "structures" in _error({})
 
 
-def test_snakemake_stops_with_one_line_naming_the_key(tmp_path):
+@pytest.mark.parametrize(("text", "key", "says"), [
+    ("simulation:\n  snrs: [0.1]\n", "simulation.snrs", "did you mean 'snr'"),
+    ("classification:\n  methods: [dsrf3d, vgg3d]\n", "classification.methods",
+     "unknown method 'vgg3d'"),
+])
+def test_snakemake_stops_with_one_line_naming_the_key(tmp_path, text, key, says):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("structures: [1bxn]\nsimulation:\n  snrs: [0.1]\n")
+    bad.write_text("structures: [1bxn]\n" + text)
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    lines = [line for line in output.splitlines() if "simulation.snrs" in line]
+    lines = [line for line in output.splitlines() if key in line]
     assert lines, output
-    assert "did you mean 'snr'" in lines[0]
+    assert says in lines[0] and str(bad) in lines[0]
 
 
 def test_named_variants_resolve_to_their_architecture():

@@ -28,10 +28,13 @@ try:
         source=CONFIG_SOURCE,
     )
     STRUCTURES = parse_structure_entries(config["structures"])
+except TomosiftError as error:
+    raise WorkflowError(str(error)) from None
+try:
     for method in config["classification"]["methods"]:
         method_architecture(method, config["classification"]["models"])
 except TomosiftError as error:
-    raise WorkflowError(str(error)) from None
+    raise WorkflowError(f"{CONFIG_SOURCE}: {error}") from None
 
 SIM = config["simulation"]
 CLASSIFY = config["classification"]
