@@ -41,11 +41,11 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise TomosiftError("precision must be auto, float32 or bfloat16")
+            raise TomosiftError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.architecture not in ARCHITECTURES:
             raise TomosiftError(f"unknown model '{self.architecture}'; choose one of {METHODS}")
         if self.normalise not in NORMALISATIONS:
-            raise TomosiftError("normalise must be 'per_subtomogram' or 'none'")
+            raise TomosiftError(f"normalise must be one of {', '.join(NORMALISATIONS)}")
         if self.input_binning < 1:
             raise TomosiftError(f"input_binning must be >= 1, got {self.input_binning}")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:

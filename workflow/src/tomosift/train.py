@@ -104,6 +104,14 @@ def normalise_volumes(volumes: np.ndarray) -> np.ndarray:
     return ((flat - mean) / np.maximum(std, 1e-8)).reshape(volumes.shape)
 
 
+def binned_box(box_voxels: int, factor: int) -> int:
+    """The box edge after Fourier binning by ``factor``; the binned box must stay even."""
+    if factor != 1 and box_voxels % (2 * factor):
+        raise TomosiftError(f"input_binning {factor} needs a box divisible by {2 * factor}, "
+                            f"got {box_voxels}")
+    return box_voxels // factor
+
+
 def fourier_bin(volumes: np.ndarray, factor: int) -> np.ndarray:
     """Bin a (B, n, n, n) batch to (B, n/factor, ...) by keeping its central frequencies.
 
@@ -114,10 +122,7 @@ def fourier_bin(volumes: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return volumes
     n = volumes.shape[-1]
-    if n % factor or (n // factor) % 2:
-        raise TomosiftError(f"input_binning {factor} needs a box divisible by {2 * factor}, "
-                            f"got {n}")
-    m = n // factor
+    m = binned_box(n, factor)
     spectrum = np.fft.rfftn(volumes, axes=(1, 2, 3))
     keep = np.r_[0 : m // 2, n - m // 2 : n]
     cropped = spectrum[:, keep][:, :, keep][..., : m // 2 + 1]
@@ -231,12 +236,12 @@ def train_cnn(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    if data.box_voxels % (2 * settings.input_binning):
-        raise TomosiftError(f"{data_path}: box {data.box_voxels} cannot be binned by "
-                            f"{settings.input_binning}")
-    model = _prepare(build_model(settings.architecture, len(data.class_names),
-                                 data.box_voxels // settings.input_binning, settings.dropout),
-                     device)
+    try:
+        box = binned_box(data.box_voxels, settings.input_binning)
+    except TomosiftError as error:
+        raise TomosiftError(f"{data_path}: {error}") from None
+    model = _prepare(build_model(settings.architecture, len(data.class_names), box,
+                                 settings.dropout), device)
     optimiser = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
                                 momentum=settings.momentum, nesterov=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -349,9 +354,9 @@ def load_model(path: str | os.PathLike) -> dict:
 def restore_cnn(payload: dict, device: torch.device | None = None) -> torch.nn.Module:
     """The network of a CNN model file, in evaluation mode."""
     settings = payload["settings"]
-    binning = settings.get("input_binning", 1)
-    model = build_model(payload["architecture"], len(payload["class_names"]),
-                        payload["box_voxels"] // binning, settings.get("dropout"))
+    box = binned_box(payload["box_voxels"], settings.get("input_binning", 1))
+    model = build_model(payload["architecture"], len(payload["class_names"]), box,
+                        settings.get("dropout"))
     model.load_state_dict(payload["state_dict"])
     return _prepare(model, device or torch.device("cpu")).eval()
 
