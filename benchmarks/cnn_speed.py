@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tomosift.models import build_model
+from tomosift.classify.models import build_model
 
 BATCH = 64
 BOX = 40
@@ -75,7 +75,7 @@ def bfloat16_agreement(model_path: str, data_path: str) -> None:
     """How exact bfloat16 inference is: predictions and scores against float32."""
     import numpy as np
 
-    from tomosift.train import predict
+    from tomosift.classify.predict import predict
 
     _, fp32, _ = predict(model_path, data_path, "test", device="cpu", progress=False,
                          precision="float32")
@@ -92,7 +92,7 @@ def binning_seconds(factor: int = 2, repeats: int = 3) -> float:
     """Seconds per subtomogram to Fourier-bin a batch of 64 (40³ -> 40/factor)."""
     import numpy as np
 
-    from tomosift.train import fourier_bin
+    from tomosift.classify.inputs import fourier_bin
 
     volumes = np.random.default_rng(0).standard_normal((BATCH, BOX, BOX, BOX), np.float32)
     times = []

@@ -21,7 +21,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from tomosift.rif import RifSettings, rif_features  # noqa: E402
+from tomosift.classify.rif import RifSettings, rif_features  # noqa: E402
 
 PAPER_SECONDS_PER_SUBTOMOGRAM = 0.1
 BOX_VOXELS = 40

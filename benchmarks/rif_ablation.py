@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tomosift.classify.inputs import read_split
+from tomosift.classify.rif import RifSettings, RifSvm, features_from_dataset
 from tomosift.datasets import open_dataset
-from tomosift.rif import RifSettings, RifSvm, features_from_dataset
-from tomosift.train import read_split
 
 
 def main() -> None:

@@ -33,7 +33,12 @@ def test_defaults_are_the_papers():
     assert sim["tilt_max_deg"] == [60, 50, 40]
     assert sim["per_class"] == 1000
     assert sim["ctf"] == {"enabled": True, "voltage_kv": 300, "cs_mm": 2.0, "defocus_um": 5.0,
-                          "amplitude_contrast": 0.07}
+                          "amplitude_contrast": 0.07, "defocus_range_um": None,
+                          "b_factor_a2": 0}
+    # the paper's simplifications stay the default: SNR-calibrated noise, alone in vacuum
+    assert sim["noise_model"] == "snr" and sim["crowding"]["max_neighbours"] == 0
+    assert sim["ice"]["thickness_nm"] == 0 and sim["ice"]["solvent_contrast"] == 0
+    assert sim["polarity"] == "recorded"
     assert config["box_voxels"] == 40
 
 

@@ -10,10 +10,12 @@ import pytest
 
 from tomosift.datasets import (
     EMPTY_CLASS,
+    TRUTH_ARRAYS,
     DatasetPlan,
     dataset_summary,
     join_shards,
     open_dataset,
+    read_truth,
     simulate_shard,
 )
 from tomosift.errors import TomosiftError
@@ -46,8 +48,8 @@ def make_shards(directory, maps, plan, shard_size):
 
 def read_all(path):
     with open_dataset(path) as h5:
-        return {name: h5[name][()] for name in ("volumes", "labels", "rotations",
-                                                "shifts_voxels", "split", "noise_sigma")}
+        arrays = {name: h5[name][()] for name in ("volumes", "labels", "split")}
+        return arrays | {f"truth/{name}": value for name, value in read_truth(h5).items()}
 
 
 def test_contract_and_attributes(tmp_path, maps, plan):
@@ -57,16 +59,50 @@ def test_contract_and_attributes(tmp_path, maps, plan):
         assert h5["volumes"].shape == (18, 40, 40, 40)
         assert h5["volumes"].chunks == (1, 40, 40, 40)
         assert h5["volumes"].dtype == np.float32
-        assert h5["rotations"].shape == (18, 3, 3) and h5["shifts_voxels"].shape == (18, 3)
+        assert h5["truth/rotations"].shape == (18, 3, 3)
+        assert h5["truth/shifts_voxels"].shape == (18, 3)
         names = [n.decode() if isinstance(n, bytes) else n for n in h5["class_names"][()]]
         assert names == ["3hhb", "1bxn", EMPTY_CLASS]
         assert list(h5["labels"][()]) == [0] * 6 + [1] * 6 + [2] * 6
         for attr in REQUIRED_ATTRS:
             assert attr in h5.attrs, attr
         assert h5.attrs["snr"] == 0.1 and h5.attrs["tilt_max_deg"] == 60
-        rotations = h5["rotations"][()]
+        rotations = h5["truth/rotations"][()]
         np.testing.assert_allclose(rotations @ rotations.transpose(0, 2, 1),
                                    np.broadcast_to(np.eye(3), rotations.shape), atol=1e-9)
+
+
+def test_ground_truth_is_kept_apart_from_what_classifiers_read(tmp_path, maps, plan):
+    # every per-particle value but the label and the split identifies the class on its own
+    # (noise level, signal variance, ...): all of it lives in truth/, nothing beside volumes
+    path = tmp_path / "whole.h5"
+    simulate_shard(maps, plan, SETTINGS, 0, plan.n_particles, path, progress=False)
+    with h5py.File(path) as h5:
+        assert set(h5) == {"volumes", "labels", "split", "class_names", "truth"}
+        assert set(TRUTH_ARRAYS) <= set(h5["truth"])
+        snr = h5["truth/snr"][()]
+        labels = h5["labels"][()]
+    # the paper's model calibrates each particle's noise: measured SNR = the target
+    np.testing.assert_allclose(snr[labels < 2], 0.1, rtol=0.35)
+    folder = tmp_path / "joined"
+    join_shards(make_shards(folder, maps, plan, 7), folder / "joined.h5")
+    with h5py.File(folder / "joined.h5") as h5:
+        assert set(h5) == {"volumes", "labels", "split", "class_names", "truth"}
+        assert h5.attrs["measured_snr_mean"] == pytest.approx(snr[labels < 2].mean())
+
+
+def test_a_missing_shard_is_refused_by_name(tmp_path, maps, plan):
+    folder = tmp_path / "data"
+    shards = make_shards(folder, maps, plan, 7)
+    join_shards(shards, folder / "joined.h5")
+    shards[1].unlink()
+    # HDF5 alone would read the missing shard's volumes as zeros
+    with pytest.raises(TomosiftError, match=rf"{shards[1].name}, which is missing"):
+        open_dataset(folder / "joined.h5")
+    copied = tmp_path / "copied.h5"  # the joined file copied without its shards/ folder
+    copied.write_bytes((folder / "joined.h5").read_bytes())
+    with pytest.raises(TomosiftError, match="missing"):
+        open_dataset(copied)
 
 
 def test_split_is_stratified_half_and_half(tmp_path, maps):
@@ -159,7 +195,7 @@ def test_interrupted_shard_leaves_no_file(tmp_path, maps, plan, monkeypatch):
     from tomosift.simulate import tomography
 
     calls = {"n": 0}
-    original = tomography.TiltSeriesGeometry.particle
+    original = tomography.TiltSeriesGeometry.clean_signal
 
     def failing(self, *args, **kwargs):
         calls["n"] += 1
@@ -167,7 +203,7 @@ def test_interrupted_shard_leaves_no_file(tmp_path, maps, plan, monkeypatch):
             raise KeyboardInterrupt  # as if the job were killed mid-way
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(tomography.TiltSeriesGeometry, "particle", failing)
+    monkeypatch.setattr(tomography.TiltSeriesGeometry, "clean_signal", failing)
     out = tmp_path / "shard.h5"
     out.write_bytes(b"previous good file")
     with pytest.raises(KeyboardInterrupt):

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tomosift.classify.models import (
+    ARCHITECTURES,
+    DSRF3D,
+    Inception3D,
+    build_model,
+    count_parameters,
+)
 from tomosift.errors import TomosiftError
-from tomosift.models import ARCHITECTURES, DSRF3D, Inception3D, build_model, count_parameters
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

@@ -11,8 +11,7 @@ from scipy.ndimage import affine_transform
 from scipy.spatial.transform import Rotation
 from scipy.special import sph_harm_y
 
-from tomosift.errors import TomosiftError
-from tomosift.rif import (
+from tomosift.classify.rif import (
     RifSettings,
     RifSvm,
     features_from_dataset,
@@ -20,6 +19,7 @@ from tomosift.rif import (
     shell_power,
     shell_quadrature,
 )
+from tomosift.errors import TomosiftError
 
 N = 40
 # (centre xyz voxels, sigma xyz voxels, amplitude): smooth, anisotropic, well inside the box.

@@ -153,3 +153,27 @@ def test_snr_must_be_positive(spectrum_1bxn, snr):
     geometry = TiltSeriesGeometry(replace(SimulationSettings(), tilt_step_deg=10))
     with pytest.raises(TomosiftError, match="SNR must be > 0"):
         geometry.particle(spectrum_1bxn, *POSE, snr, np.random.default_rng(0))
+
+
+# -- the box edge ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def largest_map(structure_path):
+    """4V94, the shared complex that reaches farthest from its centre (about 19 nm)."""
+    from tomosift.density import DensitySettings, make_density
+
+    return make_density(structure_path("4v94"), DensitySettings())[0]
+
+
+def test_a_shifted_particle_leaves_the_box_instead_of_wrapping(largest_map):
+    settings = SimulationSettings(tilt_max_deg=90, tilt_step_deg=1, optics=NO_OPTICS)
+    geometry = TiltSeriesGeometry(settings)
+    shift = np.array([4.0, 0.0, 0.0])  # the largest shift of the paper's datasets, along +x
+    volume = geometry.clean_particle(padded_spectrum(largest_map), np.eye(3), shift)
+    # the particle moved towards +x: what crossed x = +n/2 must not reappear at x = -n/2
+    # (its own density ends 3 voxels before that face)
+    far_side = volume[:, :, :2].sum() / volume.sum()
+    assert abs(far_side) < 0.001, f"{far_side:.2%} of the density wrapped to the far face"
+    direct = rotate_volume(largest_map, np.eye(3), shift)  # real space: density leaves the box
+    assert correlation(volume, direct) > 0.98

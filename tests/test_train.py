@@ -9,21 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from tomosift.classify.inputs import fourier_bin, read_split
+from tomosift.classify.modelfile import load_model
+from tomosift.classify.predict import evaluate, predict
+from tomosift.classify.train import settings_from_config, train_cnn, train_rif_svm
 from tomosift.cli import main
 from tomosift.datasets import DatasetPlan, simulate_shard
 from tomosift.density import DensitySettings, make_density
 from tomosift.errors import TomosiftError
-from tomosift.train import (
-    TrainingSettings,
-    evaluate,
-    fourier_bin,
-    load_model,
-    predict,
-    read_split,
-    settings_from_config,
-    train_cnn,
-    train_rif_svm,
-)
+from tomosift.recipe import TrainingSettings
 
 BOX = 24
 

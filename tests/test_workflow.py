@@ -13,7 +13,8 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
-import torch
+
+from tomosift.classify.modelfile import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = """
@@ -83,12 +84,11 @@ def test_outputs_of_a_run(finished_run):
     assert len(table) == 2 * 4
     assert set(table["method"]) == {"inception3d", "dsrf3d", "dsrf3d-bin2", "rif-svm"}
     assert table["accuracy"].between(0, 1).all()
-    paper = table.set_index(["snr", "method"])["paper_accuracy"]
+    paper = table.set_index(["level", "method"])["paper_accuracy"]
     assert paper[(0.5, "rif-svm")] == pytest.approx(0.929)  # the paper's value beside ours
     html = (results / "table1.html").read_text()
     assert "Inception3D" in html and "(0.975)" in html and "dsrf3d-bin2" in html
-    variant = torch.load(results / "classification/snr0.5_tilt60/dsrf3d-bin2/model.pt",
-                         weights_only=False)
+    variant = load_model(results / "classification/snr0.5_tilt60/dsrf3d-bin2/model.pt")
     assert variant["method"] == "dsrf3d-bin2" and variant["architecture"] == "dsrf3d"
     assert variant["settings"]["input_binning"] == 2
     assert (results / "classification/snr0.05_tilt60/rif-svm/confusion.png").exists()

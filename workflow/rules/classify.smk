@@ -10,12 +10,15 @@ rule train:
     log:
         f"{LOGS}/train/{{dataset}}/{{method}}.log",
     params:
-        classification=CLASSIFY,
+        # only this method's resolved settings: adding a method or changing threads or the
+        # device does not retrain the others
+        settings=method_params,
         seed=config["seed"],
         checkpoint="results/checkpoints/{dataset}/{method}.ckpt",
     threads: CLASSIFY["threads"]
     resources:
         gpu=classification_gpus,
+        device=CLASSIFY["device"],
         mem_mb=8000,
         runtime=training_runtime_min,
     benchmark:
@@ -42,11 +45,10 @@ rule evaluate:
         ),
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}.log",
-    params:
-        device=CLASSIFY["device"],
     threads: CLASSIFY["threads"]
     resources:
         gpu=classification_gpus,
+        device=CLASSIFY["device"],
         mem_mb=4000,
         runtime=30,
     conda:

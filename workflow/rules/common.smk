@@ -7,9 +7,10 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tomosift.config import load_yaml, validate_config
-from tomosift.datasets import DatasetPlan
+from tomosift.datasets import grid_points, imaging_params as config_imaging_params
+from tomosift.datasets import plan_from_params, simulation_params as config_simulation_params
 from tomosift.errors import TomosiftError
-from tomosift.recipe import method_architecture
+from tomosift.recipe import method_architecture, method_settings
 from tomosift.structures import (
     find_local_structure,
     parse_structure_entries,
@@ -47,7 +48,7 @@ LOGS = "results/logs"
 
 wildcard_constraints:
     name=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    dataset=r"snr[0-9.e+-]+_tilt[0-9.]+",
+    dataset=r"(snr|dose)[0-9.e+-]+_tilt[0-9.]+",
     shard=r"\d{5}",
     pdb_id=r"[A-Za-z0-9_]+",
     method="|".join(re.escape(method) for method in CLASSIFY["methods"]),
@@ -95,31 +96,19 @@ def density_maps(wildcards=None):
 # -- datasets -------------------------------------------------------------------------------
 
 
-def dataset_tag(snr, tilt_max_deg):
-    return f"snr{float(snr):g}_tilt{float(tilt_max_deg):g}"
+# Every (SNR or dose, tilt range) of the config, by dataset tag (snr0.1_tilt60, dose100_tilt60).
+DATASETS = grid_points(config)
 
 
-DATASETS = {
-    dataset_tag(snr, tilt): (float(snr), float(tilt))
-    for tilt in SIM["tilt_max_deg"]
-    for snr in SIM["snr"]
-}
+def grid_point_params(dataset):
+    """Everything that defines one dataset, without its shard."""
+    level, tilt = DATASETS[dataset]
+    return config_simulation_params(config, NAMES, level, tilt)
 
 
-def dataset_plan(snr):
-    return DatasetPlan(
-        structure_names=tuple(NAMES),
-        per_class=SIM["per_class"],
-        snr=snr,
-        seed=config["seed"],
-        empty_class=SIM["empty_class"],
-        max_shift_voxels=SIM["max_shift_voxels"],
-        test_fraction=SIM["test_fraction"],
-        volume_dtype=SIM["volume_dtype"],
-    )
-
-
-N_SHARDS = math.ceil(dataset_plan(1.0).n_particles / SIM["shard_size"])
+N_SHARDS = math.ceil(
+    plan_from_params(grid_point_params(next(iter(DATASETS)))).n_particles / SIM["shard_size"]
+)
 
 
 def shard_files(wildcards):
@@ -131,32 +120,16 @@ def shard_files(wildcards):
 
 
 def simulation_params(wildcards):
-    snr, tilt = DATASETS[wildcards.dataset]
     return {
-        "snr": snr,
-        "tilt_max_deg": tilt,
+        **grid_point_params(wildcards.dataset),
         "shard_index": int(wildcards.shard),
         "shard_size": SIM["shard_size"],
-        "structure_names": NAMES,
-        **imaging_params(),
-        **{key: SIM[key] for key in ("per_class", "empty_class", "max_shift_voxels",
-                                     "test_fraction", "volume_dtype")},
-        "seed": config["seed"],
     }
 
 
 def imaging_params(wildcards=None):
     """The simulation settings shared by every grid point (tilt range set per dataset)."""
-    return {
-        "box_voxels": config["box_voxels"],
-        "voxel_size_nm": config["voxel_size_nm"],
-        "tilt_step_deg": SIM["tilt_step_deg"],
-        "reconstruction": SIM["reconstruction"],
-        "noise_stage": SIM["noise_stage"],
-        "pad_factor": SIM["pad_factor"],
-        "ctf": SIM["ctf"],
-        "mtf": SIM["mtf"],
-    }
+    return config_imaging_params(config)
 
 
 def shard_runtime_min(wildcards):
@@ -175,6 +148,11 @@ def figure_structures():
 # -- classification -------------------------------------------------------------------------
 
 
+def method_params(wildcards):
+    """The resolved settings of one method (see tomosift.recipe.method_settings)."""
+    return method_settings(CLASSIFY, wildcards.method)
+
+
 def classification_gpus(wildcards):
     """GPUs a training/evaluation job asks the scheduler for (none for the RIF-SVM)."""
     return 0 if wildcards.method == "rif-svm" else CLASSIFY["gpus"]
@@ -183,11 +161,11 @@ def classification_gpus(wildcards):
 def training_runtime_min(wildcards):
     """A generous wall-time estimate: 0.5 s per training subtomogram per epoch on a CPU,
     0.02 s on a GPU."""
-    n_train = dataset_plan(1.0).n_particles * (1 - SIM["test_fraction"])
+    n_particles = plan_from_params(grid_point_params(wildcards.dataset)).n_particles
+    n_train = n_particles * (1 - SIM["test_fraction"])
     if wildcards.method == "rif-svm":
         return max(10, math.ceil(n_train * 0.05 / 60))
-    per_model = CLASSIFY["models"].get(wildcards.method, {})
-    epochs = per_model.get("epochs", CLASSIFY["epochs"])
+    epochs = method_params(wildcards)["epochs"]
     seconds = 0.02 if CLASSIFY["gpus"] else 0.5
     return max(10, math.ceil(n_train * epochs * seconds / 60))
 

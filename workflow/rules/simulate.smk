@@ -54,7 +54,8 @@ rule figure_snr_tilt_grid:
     log:
         f"{LOGS}/figures/snr_tilt_grid_{{name}}.log",
     params:
-        snrs=SIM["snr"],
+        noise_model=SIM["noise_model"],
+        noise_levels=SIM["snr"] if SIM["noise_model"] == "snr" else SIM["dose_e_per_a2"],
         tilts=SIM["tilt_max_deg"],
         imaging=imaging_params,
         seed=config["seed"],

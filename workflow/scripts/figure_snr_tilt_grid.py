@@ -8,5 +8,6 @@ from tomosift.simulate import SimulationSettings
 log = log_to_file(snakemake.log[0])
 density, _ = read_mrc(snakemake.input.density)
 settings = SimulationSettings.from_config(snakemake.params.imaging, snakemake.params.tilts[0])
-snr_tilt_figure(snakemake.wildcards.name, density, snakemake.params.snrs,
-                snakemake.params.tilts, settings, snakemake.params.seed, snakemake.output[0])
+snr_tilt_figure(snakemake.wildcards.name, density, snakemake.params.noise_levels,
+                snakemake.params.tilts, settings, snakemake.params.seed, snakemake.output[0],
+                snakemake.params.noise_model)

@@ -240,7 +240,7 @@ def _snr(args) -> None:
 
 
 def _train(args) -> None:
-    from tomosift.train import train_cnn, train_rif_svm
+    from tomosift.classify.train import train_cnn, train_rif_svm
 
     if args.model == "rif-svm":
         record = train_rif_svm(args.data, args.out, seed=args.seed)
@@ -264,8 +264,8 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
     import json
 
+    from tomosift.classify.predict import evaluate
     from tomosift.io import write_text
-    from tomosift.train import evaluate
 
     metrics = evaluate(args.model, args.data, args.split, args.device)
     write_text(args.out, json.dumps(metrics, indent=1))

@@ -15,37 +15,47 @@ from tomosift.simulate.ctf import (
     mtf,
     radial_power_spectrum,
 )
-from tomosift.simulate.poses import pose_rng, random_pose
 from tomosift.simulate.realspace import rotate_volume
 from tomosift.simulate.tomography import (
     SimulationSettings,
     TiltSeriesGeometry,
-    padded_spectrum,
 )
 
 
 def snr_tilt_figure(
     name: str,
     density: np.ndarray,
-    snrs: Sequence[float],
+    noise_levels: Sequence[float],
     tilts: Sequence[float],
     settings: SimulationSettings,
     seed: int,
     path: str | os.PathLike,
+    noise_model: str = "snr",
 ) -> None:
-    """Fig. 3: one particle (one pose, one noise seed) across the SNR x tilt-range grid."""
-    spectrum = padded_spectrum(density, settings.pad_factor)
-    rotation, shift = random_pose(pose_rng(seed, 0), 0.0)
+    """Fig. 3: one particle (one pose, one noise seed) across the noise x tilt-range grid.
+
+    ``noise_levels`` are SNRs (``noise_model`` snr, the paper's) or doses in e/Å² (dose).
+    """
+    from tomosift.datasets import DatasetPlan, ParticleSimulator
+
+    def plan(level: float) -> DatasetPlan:
+        level_key = "snr" if noise_model == "snr" else "dose_e_per_a2"
+        return DatasetPlan((name,), per_class=2, seed=seed, empty_class=False,
+                           max_shift_voxels=0.0, **{level_key: float(level)})
+
     slices = {}
+    rotation = None
     for tilt in tilts:
-        geometry = TiltSeriesGeometry(replace(settings, tilt_max_deg=float(tilt)))
-        for snr in snrs:
-            rng = np.random.default_rng([seed, 7])
-            volume, _, _ = geometry.particle(spectrum, rotation, shift, float(snr), rng)
-            slices[(snr, tilt)] = volume[:, volume.shape[1] // 2, :]
-    placed = rotate_volume(density, rotation, shift)
-    plots.snr_tilt_grid(name, slices, list(snrs), list(tilts), placed[:, placed.shape[1] // 2, :],
-                        path)
+        simulator = ParticleSimulator.prepare([density], plan(noise_levels[0]),
+                                              replace(settings, tilt_max_deg=float(tilt)), name)
+        for level in noise_levels:
+            volume, truth = simulator.with_plan(plan(level)).particle(0, 0)
+            slices[(level, tilt)] = volume[:, volume.shape[1] // 2, :]
+            rotation = truth["rotations"]
+    placed = rotate_volume(density, rotation, np.zeros(3))
+    label = "SNR" if noise_model == "snr" else "dose (e/Å²)"
+    plots.snr_tilt_grid(name, slices, list(noise_levels), list(tilts),
+                        placed[:, placed.shape[1] // 2, :], path, level_label=label)
 
 
 def ctf_figure(density: np.ndarray, settings: SimulationSettings, path: str | os.PathLike,

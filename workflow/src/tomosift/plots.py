@@ -63,11 +63,13 @@ def snr_tilt_grid(
     tilts: Sequence[float],
     clean: np.ndarray,
     path: str | os.PathLike,
+    level_label: str = "SNR",
 ) -> None:
-    """Paper Fig. 3: x-z central slices of one particle across the SNR x tilt-range grid.
+    """Paper Fig. 3: x-z central slices of one particle across the noise x tilt-range grid.
 
     Args:
-        slices: (snr, tilt) -> x-z central slice [z, x].
+        slices: (noise level, tilt) -> x-z central slice [z, x].
+        snrs: the noise levels (SNRs, or doses with ``level_label`` saying so), one row each.
         clean: x-z central slice of the map itself, shown first.
     """
     rows, cols = len(snrs), len(tilts)
@@ -80,9 +82,10 @@ def snr_tilt_grid(
             ax.set_title("map", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(f"SNR {snr:g}", fontsize=9)
-        if row > 0:
-            ax.axis("off")
+        ax.set_ylabel(f"{level_label} {snr:g}", fontsize=9)
+        if row > 0:  # no frame beside the map's column, but keep the row's label
+            for spine in ax.spines.values():
+                spine.set_visible(False)
         for col, tilt in enumerate(tilts):
             ax = axes[row, col + 1]
             ax.imshow(slices[(snr, tilt)], cmap="gray", origin="lower")

@@ -4,7 +4,7 @@ builds its parser from them)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from tomosift.errors import TomosiftError
 
@@ -12,6 +12,9 @@ ARCHITECTURES = ("inception3d", "dsrf3d", "resnet3d")
 METHODS = (*ARCHITECTURES, "rif-svm")
 PRECISIONS = ("auto", "float32", "bfloat16")
 NORMALISATIONS = ("per_subtomogram", "none")
+# Settings that do not change what a training learns: left out of a job's parameters and of a
+# checkpoint's identity.
+RUNTIME_SETTINGS = ("threads", "device")
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,8 @@ class TrainingSettings:
 
     ``input_binning`` (tomosift's addition, default 1 = the paper's full box): Fourier-bin
     each subtomogram by this factor before it enters the network (40³ -> 20³ for 2), keeping
-    only the frequencies below 1/factor of Nyquist; see :func:`tomosift.train.fourier_bin`.
+    only the frequencies below 1/factor of Nyquist; see
+    :func:`tomosift.classify.inputs.fourier_bin`.
     """
 
     architecture: str = "inception3d"
@@ -70,3 +74,30 @@ def method_architecture(method: str, models: Mapping[str, Mapping] | None = None
                             f"{', '.join(METHODS)} or define it under classification.models "
                             "with an architecture")
     return variant["architecture"]
+
+
+def method_settings(classification: dict, method: str) -> dict:
+    """The resolved settings of one method from the workflow's ``classification`` section:
+    for a CNN (an architecture or a named variant) the shared settings overridden by the
+    method's own under ``classification.models``, without seed, threads and device; for the
+    RIF-SVM its ``rif`` section. A job given only these reruns only when they change."""
+    if method == "rif-svm":
+        return dict(classification.get("rif", {}))
+    models = classification.get("models", {})
+    architecture = method_architecture(method, models)
+    if architecture not in ARCHITECTURES:
+        raise TomosiftError(f"'{method}' is not a CNN; choose one of {', '.join(ARCHITECTURES)}")
+    per_model = {k: v for k, v in models.get(method, {}).items() if k != "architecture"}
+    base = TrainingSettings(
+        architecture=architecture,
+        epochs=classification["epochs"],
+        batch_size=classification["batch_size"],
+        learning_rate=classification["learning_rate"],
+        lr_decay=classification["lr_decay"],
+        momentum=classification["momentum"],
+        normalise=classification["normalise"],
+        precision=classification.get("precision", "auto"),
+        clip_grad_norm=classification.get("clip_grad_norm", 1.0),
+    )
+    resolved = asdict(replace(base, **per_model))
+    return {k: v for k, v in resolved.items() if k not in ("seed", *RUNTIME_SETTINGS)}

@@ -1,4 +1,9 @@
-"""The paper's Table 1: accuracies per (SNR, tilt range, method), ours beside the paper's."""
+"""The paper's Table 1: accuracies per (SNR, tilt range, method), ours beside the paper's.
+
+Datasets of the paper's noise model are keyed by their target SNR and shown beside the
+paper's accuracy; datasets of the detector-noise model (``noise_model: dose``) by their dose,
+with the SNR measured on them, and without a paper value (the paper has no such setting).
+"""
 
 from __future__ import annotations
 
@@ -36,19 +41,36 @@ def paper_table1() -> pd.DataFrame:
     return frame.astype({"snr": float, "tilt_max_deg": float, "accuracy": float})
 
 
+def grid_point_label(metrics: dict) -> str:
+    """'SNR 0.1' (the paper's noise model) or 'dose 60 e/Å²' (detector noise)."""
+    if metrics.get("noise_model", "snr") == "snr":
+        return f"SNR {float(metrics['snr']):g}"
+    return f"dose {float(metrics['dose_e_per_a2']):g} e/Å²"
+
+
 def collect_metrics(metric_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """One row per evaluated model: ours and the paper's accuracy, timings, sizes."""
+    """One row per evaluated model: ours and the paper's accuracy, timings, sizes.
+
+    ``level`` is the grid point's target SNR (the paper's noise model) or its dose (the
+    detector's), ``measured_snr`` what the dataset's particles have (mean over the structure
+    classes)."""
     paper = paper_table1().set_index(["snr", "tilt_max_deg", "method"])["accuracy"]
     rows = []
     for path in metric_paths:
         metrics = json.loads(Path(path).read_text())
-        key = (float(metrics["snr"]), float(metrics["tilt_max_deg"]), metrics["method"])
+        noise_model = metrics.get("noise_model", "snr")
+        level = float(metrics["snr"] if noise_model == "snr" else metrics["dose_e_per_a2"])
+        tilt = float(metrics["tilt_max_deg"])
         rows.append({
-            "snr": key[0],
-            "tilt_max_deg": key[1],
-            "method": key[2],
+            "noise_model": noise_model,
+            "grid_point": grid_point_label(metrics),
+            "level": level,
+            "measured_snr": metrics.get("measured_snr"),
+            "tilt_max_deg": tilt,
+            "method": metrics["method"],
             "accuracy": metrics["accuracy"],
-            "paper_accuracy": paper.get(key, float("nan")),
+            "paper_accuracy": (paper.get((level, tilt, metrics["method"]), float("nan"))
+                               if noise_model == "snr" else float("nan")),
             "n_test": metrics["n_subtomograms"],
             "n_classes": len(metrics["class_names"]),
             "epochs": metrics.get("epochs"),
@@ -57,8 +79,17 @@ def collect_metrics(metric_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             "device": metrics.get("trained_on_device"),
         })
     frame = pd.DataFrame(rows)
-    return frame.sort_values(["tilt_max_deg", "snr", "method"], ascending=[False, False, True],
+    return frame.sort_values(["tilt_max_deg", "level", "method"], ascending=[False, False, True],
                              ignore_index=True)
+
+
+def _layout(frame: pd.DataFrame):
+    """Rows (levels, least noise first), their labels, tilts, methods and a lookup table."""
+    levels = sorted(frame["level"].unique(), reverse=True)
+    labels = [frame.loc[frame["level"] == level, "grid_point"].iloc[0] for level in levels]
+    tilts = sorted(frame["tilt_max_deg"].unique(), reverse=True)
+    return levels, labels, tilts, _ordered_methods(frame), frame.set_index(
+        ["level", "tilt_max_deg", "method"])
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -67,39 +98,48 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def render_html(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """The table laid out like the paper's: rows SNR, columns tilt range x method;
-    each cell "ours (paper)", the best of a row and tilt range in bold."""
-    tilts = sorted(frame["tilt_max_deg"].unique(), reverse=True)
-    methods = _ordered_methods(frame)
-    snrs = sorted(frame["snr"].unique(), reverse=True)
-    lookup = frame.set_index(["snr", "tilt_max_deg", "method"])
+    """The table laid out like the paper's: rows SNR (or dose), columns tilt range x method;
+    each cell "ours (paper)" (or, for a dose, "ours" and the measured SNR), the best of a row
+    and tilt range in bold."""
+    levels, labels, tilts, methods, lookup = _layout(frame)
     head_1 = "".join(f'<th colspan="{len(methods)}">±{t:g}°</th>' for t in tilts)
     head_2 = "".join(f"<th>{html.escape(_label(m))}</th>" for _ in tilts for m in methods)
     body = []
-    for snr in snrs:
+    for level, label in zip(levels, labels, strict=True):
         cells = []
         for tilt in tilts:
-            values = {m: lookup["accuracy"].get((snr, tilt, m)) for m in methods}
+            values = {m: lookup["accuracy"].get((level, tilt, m)) for m in methods}
             best = max((v for v in values.values() if v is not None), default=None)
             for method in methods:
                 ours = values[method]
                 if ours is None:
                     cells.append("<td>–</td>")
                     continue
-                paper = lookup["paper_accuracy"].get((snr, tilt, method))
-                text = f"{ours:.3f}" + (f" ({paper:.3f})" if paper == paper else "")
+                paper = lookup["paper_accuracy"].get((level, tilt, method))
+                measured = lookup["measured_snr"].get((level, tilt, method))
+                text = f"{ours:.3f}"
+                if paper == paper:
+                    text += f" ({paper:.3f})"
+                elif measured is not None and measured == measured:
+                    text += f" <small>SNR {measured:.2g}</small>"
                 cells.append(f"<td><b>{text}</b></td>" if ours == best else f"<td>{text}</td>")
-        body.append(f"<tr><th>{snr:g}</th>{''.join(cells)}</tr>")
+        body.append(f"<tr><th>{html.escape(label)}</th>{''.join(cells)}</tr>")
     classes = int(frame["n_classes"].max()) if len(frame) else 0
     n_test = int(frame["n_test"].max()) if len(frame) else 0
+    detector = (frame["noise_model"] == "dose").any()
+    intro = ("Test accuracy of each method with the detector-noise model: one electron dose "
+             "per dataset, so the SNR (measured on each dataset, mean over the structure "
+             "classes) depends on the complex; the paper has no such setting"
+             if detector else
+             "Test accuracy of each method, ours with the paper's Table 1 in parentheses (23 "
+             "classes, 500 test subtomograms per class there")
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Table 1</title>
 <style>table{{border-collapse:collapse;font-family:sans-serif;font-size:13px}}
 td,th{{border:1px solid #bbb;padding:3px 7px;text-align:center}}</style></head><body>
-<p>Test accuracy of each method, ours with the paper's Table 1 in parentheses (23 classes,
-500 test subtomograms per class there; {classes} classes and {n_test} test subtomograms
-here). Best of each SNR and tilt range in bold.</p>
-<table><tr><th rowspan="2">SNR</th>{head_1}</tr><tr>{head_2}</tr>
+<p>{intro}; {classes} classes and {n_test} test subtomograms here). Best of each row and tilt
+range in bold.</p>
+<table><tr><th rowspan="2">noise</th>{head_1}</tr><tr>{head_2}</tr>
 {chr(10).join(body)}
 </table><p>{html.escape(_settings_line(frame))}</p></body></html>
 """
@@ -112,21 +152,18 @@ def plot_heatmap(frame: pd.DataFrame, path: str | os.PathLike) -> None:
 
     from tomosift.plots import accuracy_heatmap
 
-    tilts = sorted(frame["tilt_max_deg"].unique(), reverse=True)
-    methods = _ordered_methods(frame)
-    snrs = sorted(frame["snr"].unique(), reverse=True)
-    lookup = frame.set_index(["snr", "tilt_max_deg", "method"])
-    ours = np.full((len(snrs), len(tilts) * len(methods)), np.nan)
+    levels, labels, tilts, methods, lookup = _layout(frame)
+    ours = np.full((len(levels), len(tilts) * len(methods)), np.nan)
     paper = np.full_like(ours, np.nan)
-    for i, snr in enumerate(snrs):
+    for i, level in enumerate(levels):
         for t, tilt in enumerate(tilts):
             for m, method in enumerate(methods):
-                if (snr, tilt, method) in lookup.index:
-                    ours[i, t * len(methods) + m] = lookup.loc[(snr, tilt, method), "accuracy"]
-                    paper[i, t * len(methods) + m] = lookup.loc[(snr, tilt, method),
-                                                                "paper_accuracy"]
+                if (level, tilt, method) in lookup.index:
+                    column = t * len(methods) + m
+                    ours[i, column] = lookup.loc[(level, tilt, method), "accuracy"]
+                    paper[i, column] = lookup.loc[(level, tilt, method), "paper_accuracy"]
     columns = [f"±{t:g}° {_label(m)}" for t in tilts for m in methods]
-    accuracy_heatmap([f"SNR {s:g}" for s in snrs], columns, ours, paper, path)
+    accuracy_heatmap(labels, columns, ours, paper, path)
 
 
 def _settings_line(frame: pd.DataFrame) -> str:

@@ -14,6 +14,9 @@ micrographs and as RELION expects its input.
 The MTF of the detector is sinc(pi * omega / 2) with omega the fraction of Nyquist
 (McMullan et al. 2009); numpy's ``sinc(x)`` is already ``sin(pi x) / (pi x)``, so it is
 ``np.sinc(omega / 2)``.
+
+The B-factor envelope ``exp(-B k^2 / 4)`` (k in 1/Å, B in Å²) damps the signal's high
+frequencies, as beam-induced motion, drift and radiation damage do; B = 0 (the paper) is none.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tomosift.errors import TomosiftError
+
 ELECTRON_REST_ENERGY_KEV = 510.99895
 # h * c in keV·nm: lambda = hc / sqrt(E * (E + 2 m c^2)) for kinetic energy E.
 HC_KEV_NM = 1.239841984
@@ -29,7 +34,12 @@ HC_KEV_NM = 1.239841984
 
 @dataclass(frozen=True)
 class Optics:
-    """Microscope and detector settings (defaults: the paper's, Section 3.1.1)."""
+    """Microscope and detector settings (defaults: the paper's, Section 3.1.1).
+
+    ``defocus_range_um``: (low, high) underfocus range; each particle then draws its own
+    defocus uniformly from it (tomosift's realistic mode; None = every particle at
+    ``defocus_um``, as the paper). ``b_factor_a2``: the signal envelope's B-factor in Å².
+    """
 
     voltage_kv: float = 300.0
     cs_mm: float = 2.0
@@ -37,6 +47,17 @@ class Optics:
     amplitude_contrast: float = 0.07
     ctf_enabled: bool = True
     mtf_enabled: bool = True
+    defocus_range_um: tuple[float, float] | None = None
+    b_factor_a2: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.defocus_range_um is not None:
+            low, high = self.defocus_range_um
+            if not low <= high:
+                raise TomosiftError(f"defocus_range_um must be [low, high] with low <= high, "
+                                    f"got [{low:g}, {high:g}]")
+        if self.b_factor_a2 < 0:
+            raise TomosiftError(f"b_factor_a2 must be >= 0, got {self.b_factor_a2:g}")
 
 
 def electron_wavelength_nm(voltage_kv: float) -> float:
@@ -64,6 +85,12 @@ def mtf(fraction_of_nyquist: np.ndarray, optics: Optics) -> np.ndarray:
     if not optics.mtf_enabled:
         return np.ones_like(omega)
     return np.sinc(omega / 2)
+
+
+def b_factor_envelope(frequency_per_nm: np.ndarray, b_factor_a2: float) -> np.ndarray:
+    """Signal envelope exp(-B k² / 4) at frequencies in cycles/nm (k in 1/Å), any shape."""
+    k_per_angstrom = np.asarray(frequency_per_nm, dtype=np.float64) / 10.0
+    return np.exp(-b_factor_a2 * k_per_angstrom**2 / 4.0)
 
 
 def first_zero_per_nm(optics: Optics, include_amplitude_contrast: bool = True) -> float:

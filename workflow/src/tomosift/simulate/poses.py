@@ -16,9 +16,10 @@ POSE_STREAM = 0
 NOISE_STREAM = 1
 
 
-def dataset_key(snr: float, tilt_max_deg: float) -> int:
-    """A stable 32-bit key of a (SNR, tilt range) grid point."""
-    return zlib.crc32(f"snr={snr:g};tilt={tilt_max_deg:g}".encode())
+def dataset_key(noise_level: float, tilt_max_deg: float, noise_model: str = "snr") -> int:
+    """A stable 32-bit key of a (noise level, tilt range) grid point; the noise level is an
+    SNR or, for the ``dose`` model, a dose."""
+    return zlib.crc32(f"{noise_model}={noise_level:g};tilt={tilt_max_deg:g}".encode())
 
 
 def pose_rng(seed: int, index: int) -> np.random.Generator:

@@ -1,8 +1,8 @@
 """Tilt-series simulation and subtomogram reconstruction, in Fourier space.
 
 For each particle (paper Section 3.1.1): the density map is rotated and shifted, projected
-over a single-axis tilt series about y, each projection gets Gaussian noise, the CTF and the
-detector MTF, and the subtomogram is reconstructed by direct Fourier inversion.
+over a single-axis tilt series about y, each projection gets noise, the CTF and the detector
+MTF, and the subtomogram is reconstructed by direct Fourier inversion.
 
 How it is computed (and why it is fast): by the projection-slice theorem the 2D Fourier
 transform of the projection at tilt theta is the central slice of the particle's 3D transform
@@ -16,9 +16,19 @@ so they are computed once (:class:`TiltSeriesGeometry`). Per particle only two t
    weights, divide by the accumulated weights (as EMAN2's Fourier reconstructor does), and
    inverse-FFT.
 
-Frequencies are in voxel units; the output grid is numpy's ``rfftn`` layout of an (n, n, n)
-volume indexed [z, y, x]; the real-space origin is voxel n // 2. A particle pose (R, t) places
-the map as ``f_p(x) = f(R^T (x - t))``: rotated by R about the origin, then shifted by t voxels.
+The box edge: a discrete transform describes a periodic volume, so a particle reconstructed
+in its own n-voxel box would wrap around: density shifted out through one face would come
+back through the opposite one (an artefact that correlates with the size of the complex). The
+signal is therefore reconstructed in a larger box of ``signal_box_voxels`` (m > n) and the
+central n³ cropped, as a subtomogram is cut out of a tomogram: density that leaves the box is
+gone. The box must satisfy ``m > n / 2 + reach``, where reach is how far (per axis, in voxels)
+any density lies from the centre; :func:`required_signal_box` gives the smallest such m.
+Noise is stationary, so it is reconstructed directly in the n-voxel box.
+
+Frequencies are in voxel units of the box they belong to; grids are numpy's ``rfftn`` layout
+of an (m, m, m) volume indexed [z, y, x]; the real-space origin is voxel m // 2 (n // 2 after
+cropping). A particle pose (R, t) places the map as ``f_p(x) = f(R^T (x - t))``: rotated by R
+about the origin, then shifted by t voxels.
 
 Reconstruction modes:
 
@@ -31,12 +41,15 @@ Reconstruction modes:
   CTF x MTF x missing-wedge mask and filtered white noise is added in 3D. No tilt sampling,
   no gridding; use it for quick experiments only.
 
-Noise and the SNR contract: SNR = var(signal) / var(noise) of the reconstructed subtomogram
-over the whole box, where signal is the same reconstruction without noise. The per-projection
-noise standard deviation is set per particle to ``sqrt(var(signal) / (SNR * g))``, where g is
-the variance that unit projection noise has after filtering and reconstruction (calibrated once
-per geometry). Noise is added to the projections before the CTF and MTF by default, as the
-paper describes (``noise_stage='before_ctf'``); ``after_ctf`` filters it by the MTF only.
+Noise and the SNR contract of the paper's setting (:meth:`TiltSeriesGeometry.particle`):
+SNR = var(signal) / var(noise) of the reconstructed subtomogram over the whole box, where
+signal is the same reconstruction without noise. The per-projection noise standard deviation is
+set per particle to ``sqrt(var(signal) / (SNR * g))``, where g is the variance that unit
+projection noise has after filtering and reconstruction (calibrated once per geometry). Noise
+is added to the projections before the CTF and MTF by default, as the paper describes
+(``noise_stage='before_ctf'``); ``after_ctf`` filters it by the MTF only. The detector-noise
+model of :mod:`tomosift.simulate.dose` uses :meth:`TiltSeriesGeometry.clean_signal` and
+:meth:`TiltSeriesGeometry.unit_noise` directly, with one noise level for every particle.
 
 Output: float32, no normalisation, polarity as recorded (particles dark with the CTF on; see
 :mod:`tomosift.simulate.ctf`).
@@ -45,25 +58,47 @@ Output: float32, no normalisation, polarity as recorded (particles dark with the
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import scipy.fft
 import scipy.sparse as sparse
 
 from tomosift.errors import TomosiftError
 from tomosift.grids import trilinear_corners
-from tomosift.simulate.ctf import Optics, detector_transfer
+from tomosift.simulate.ctf import Optics, b_factor_envelope, ctf, mtf
+from tomosift.simulate.specimen import Ice
 
 RECONSTRUCTION_MODES = ("fourier", "wbp", "wedge")
+POLARITIES = ("recorded", "white")
 NOISE_STAGES = ("before_ctf", "after_ctf")
 CALIBRATION_REALISATIONS = 16
+# Defocus values at which the noise gain is calibrated when each particle has its own defocus
+# and noise passes the CTF (gains in between are interpolated linearly).
+GAIN_TABLE_POINTS = 9
 # Output voxels whose summed gridding weight is below this are left empty (the missing wedge).
 MIN_GRIDDING_WEIGHT = 0.5
+# Reach margin of required_signal_box: interpolation and the missing wedge's elongation along z
+# spread density a little beyond the map's support.
+REACH_MARGIN_VOXELS = 2
+
+#: One particle in the box: (padded spectrum, rotation (3, 3), shift (3,) x, y, z voxels).
+Placement = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
 class SimulationSettings:
-    """Everything that defines the imaging of one dataset (defaults: the paper's)."""
+    """Everything that defines the imaging of one dataset (defaults: the paper's).
+
+    ``signal_box_voxels``: the box the signal is reconstructed in before the central
+    ``box_voxels`` are cropped (see the module docstring); None = 1.5 x box_voxels, rounded up
+    to an even, FFT-friendly size. Dataset simulation sets it from the particles' reach.
+    ``ice``: the ice layer and solvent (:mod:`tomosift.simulate.specimen`; vacuum by default).
+    ``polarity``: ``recorded`` keeps the contrast the microscope records (particles dark with
+    the CTF on); ``white`` inverts it so that particles are white (positive), as RELION expects
+    of extracted particles (``--invert_contrast``).
+    """
 
     box_voxels: int = 40
     voxel_size_nm: float = 0.92
@@ -73,6 +108,9 @@ class SimulationSettings:
     reconstruction: str = "fourier"
     noise_stage: str = "before_ctf"
     pad_factor: int = 2
+    signal_box_voxels: int | None = None
+    ice: Ice = field(default_factory=Ice)
+    polarity: str = "recorded"
 
     def __post_init__(self) -> None:
         if not 0 < self.tilt_max_deg <= 90:
@@ -83,30 +121,67 @@ class SimulationSettings:
             raise TomosiftError(f"reconstruction must be one of {RECONSTRUCTION_MODES}")
         if self.noise_stage not in NOISE_STAGES:
             raise TomosiftError(f"noise_stage must be one of {NOISE_STAGES}")
+        if self.polarity not in POLARITIES:
+            raise TomosiftError(f"polarity must be one of {POLARITIES}, not '{self.polarity}'")
         if self.box_voxels < 8 or self.box_voxels % 2:
             raise TomosiftError(f"box_voxels must be even and >= 8, got {self.box_voxels}")
+        if self.signal_box_voxels is not None and (
+            self.signal_box_voxels < self.box_voxels or self.signal_box_voxels % 2
+        ):
+            raise TomosiftError(f"signal_box_voxels must be even and >= box_voxels "
+                                f"({self.box_voxels}), got {self.signal_box_voxels}")
 
     @classmethod
     def from_config(cls, imaging: dict, tilt_max_deg: float) -> SimulationSettings:
         """Settings from the workflow's imaging parameters (see ``imaging_params`` in
         ``workflow/rules/common.smk``) and one tilt range."""
-        ctf, mtf = imaging["ctf"], imaging["mtf"]
+        ctf_config, mtf_config = imaging["ctf"], imaging["mtf"]
+        defocus_range = ctf_config.get("defocus_range_um")
         optics = Optics(
-            voltage_kv=ctf["voltage_kv"], cs_mm=ctf["cs_mm"], defocus_um=ctf["defocus_um"],
-            amplitude_contrast=ctf["amplitude_contrast"], ctf_enabled=ctf["enabled"],
-            mtf_enabled=mtf["enabled"],
+            voltage_kv=ctf_config["voltage_kv"], cs_mm=ctf_config["cs_mm"],
+            defocus_um=ctf_config["defocus_um"],
+            amplitude_contrast=ctf_config["amplitude_contrast"],
+            ctf_enabled=ctf_config["enabled"], mtf_enabled=mtf_config["enabled"],
+            defocus_range_um=tuple(defocus_range) if defocus_range else None,
+            b_factor_a2=ctf_config.get("b_factor_a2", 0.0),
         )
         return cls(
             box_voxels=imaging["box_voxels"], voxel_size_nm=imaging["voxel_size_nm"],
             tilt_max_deg=float(tilt_max_deg), tilt_step_deg=imaging["tilt_step_deg"],
             optics=optics, reconstruction=imaging["reconstruction"],
             noise_stage=imaging["noise_stage"], pad_factor=imaging["pad_factor"],
+            ice=Ice(**imaging.get("ice", {})), polarity=imaging.get("polarity", "recorded"),
         )
+
+    @property
+    def dark_particles(self) -> bool:
+        """Whether particles come out dark (negative): the CTF on and the contrast recorded."""
+        return self.optics.ctf_enabled and self.polarity == "recorded"
 
     @property
     def tilt_angles_deg(self) -> np.ndarray:
         """Tilt angles from -theta to +theta in steps of tilt_step_deg."""
         return np.arange(-self.tilt_max_deg, self.tilt_max_deg + 1e-9, self.tilt_step_deg)
+
+    @property
+    def resolved_signal_box_voxels(self) -> int:
+        if self.signal_box_voxels is not None:
+            return self.signal_box_voxels
+        return _even_fast_size(self.box_voxels + self.box_voxels // 2)
+
+
+def required_signal_box(box_voxels: int, reach_voxels: float) -> int:
+    """Smallest even, FFT-friendly signal box in which density reaching ``reach_voxels`` from
+    the centre (per axis) cannot wrap into the central ``box_voxels``."""
+    needed = int(np.floor(box_voxels / 2 + reach_voxels + REACH_MARGIN_VOXELS)) + 1
+    return _even_fast_size(max(box_voxels, needed))
+
+
+def _even_fast_size(size: int) -> int:
+    size = scipy.fft.next_fast_len(size, real=True)
+    while size % 2:
+        size = scipy.fft.next_fast_len(size + 1, real=True)
+    return size
 
 
 def rotation_about_y(angle_rad: float) -> np.ndarray:
@@ -171,117 +246,259 @@ def sample_spectrum(spectrum: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out
 
 
-class TiltSeriesGeometry:
-    """Everything about a tilt scheme that is the same for every particle.
+def crop_centre(volume: np.ndarray, box_voxels: int) -> np.ndarray:
+    """The central ``box_voxels``³ of an (m, m, m) volume (origins m // 2 and n // 2 agree)."""
+    start = volume.shape[0] // 2 - box_voxels // 2
+    return volume[start : start + box_voxels, start : start + box_voxels,
+                  start : start + box_voxels]
 
-    Slice samples are laid out as (T, n, n // 2 + 2) = (tilt, v, u) with u = -1 .. n/2 and
+
+class _FourierGrid:
+    """Sample points of one box's Fourier data and their reconstruction into a volume.
+
+    Subclasses define ``points`` (M, 3) x, y, z frequencies in this box's voxel units,
+    ``detector_radius`` (M,) the detector frequency radius (index units) at which the CTF and
+    MTF apply, :meth:`white_noise` and :meth:`reconstruct`.
+    """
+
+    box: int
+    points: np.ndarray
+    detector_radius: np.ndarray
+    settings: SimulationSettings
+
+    def sample(self, spectrum: np.ndarray, rotation: np.ndarray,
+               shift_voxels: np.ndarray) -> np.ndarray:
+        """Noise-free samples (M,) of a particle: rotated, shifted, before filtering."""
+        scale = spectrum.shape[0] / self.box
+        # F_p(q) = exp(-2 pi i q.t) F(R^T q); with q as row vectors R^T q is q @ R.
+        values = sample_spectrum(spectrum, (self.points @ rotation) * scale)
+        phase = (self.points @ np.asarray(shift_voxels, dtype=np.float64)) * (-2 * np.pi
+                                                                              / self.box)
+        return values * np.exp(1j * phase).astype(np.complex64)
+
+    def transfer(self, defocus_um: float | None, with_ctf: bool, with_envelope: bool):
+        """(M,) float32 CTF x MTF (x the B-factor envelope) at the samples."""
+        optics = self.settings.optics
+        if defocus_um is not None:
+            optics = replace(optics, defocus_um=float(defocus_um))
+        frequency_per_nm = self.detector_radius / (self.box * self.settings.voxel_size_nm)
+        values = mtf(self.detector_radius / (self.box / 2), optics)
+        if with_ctf:
+            values = values * ctf(frequency_per_nm, optics)
+        if with_envelope:
+            values = values * b_factor_envelope(frequency_per_nm, optics.b_factor_a2)
+        return values.astype(np.float32)
+
+    def white_noise(self, rng: np.random.Generator, tilt_sigma: np.ndarray | None = None):
+        raise NotImplementedError
+
+    def reconstruct(self, values: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _SliceGrid(_FourierGrid):
+    """The central slices of a tilt series in an m-voxel box and their insertion.
+
+    Slice samples are laid out as (T, m, m // 2 + 2) = (tilt, v, u) with u = -1 .. m/2 and
     v in numpy ``fftfreq`` order: the half-plane u >= 0 of each projection's 2D transform plus
     the column u = -1 (the conjugate of u = 1), whose samples complete the x = 0 plane of the
     half-space output grid.
     """
 
-    def __init__(self, settings: SimulationSettings):
+    def __init__(self, settings: SimulationSettings, box: int):
         self.settings = settings
-        n = settings.box_voxels
-        self.box_voxels = n
-        self.angles_deg = settings.tilt_angles_deg
-        u_values = np.arange(-1, n // 2 + 1)
-        v_values = np.fft.fftfreq(n, 1.0 / n)
-        v_grid, u_grid = np.meshgrid(v_values, u_values, indexing="ij")  # (n, n//2+2)
-        self.u_index = np.broadcast_to(u_grid, (len(self.angles_deg), *u_grid.shape)).ravel()
-        self.v_index = np.broadcast_to(v_grid, (len(self.angles_deg), *v_grid.shape)).ravel()
+        self.box = box
+        angles = settings.tilt_angles_deg
+        self.n_tilts = len(angles)
+        u_values = np.arange(-1, box // 2 + 1)
+        v_values = np.fft.fftfreq(box, 1.0 / box)
+        v_grid, u_grid = np.meshgrid(v_values, u_values, indexing="ij")  # (m, m//2+2)
+        u_index = np.broadcast_to(u_grid, (self.n_tilts, *u_grid.shape)).ravel()
+        v_index = np.broadcast_to(v_grid, (self.n_tilts, *v_grid.shape)).ravel()
+        self.detector_radius = np.hypot(u_index, v_index)
         detector = np.stack([u_grid.ravel(), v_grid.ravel(), np.zeros(u_grid.size)], axis=1)
         # Specimen-frame frequency of detector frequency (u, v) at tilt theta: R_theta^T (u,v,0).
-        slices = [detector @ rotation_about_y(np.deg2rad(a)) for a in self.angles_deg]
-        self.slice_points = np.concatenate(slices).astype(np.float64)  # (M, 3) voxel units
-        self.slice_shape = (len(self.angles_deg), n, n // 2 + 2)
-        ctf_values, mtf_values = detector_transfer(
-            self.u_index, self.v_index, n, settings.voxel_size_nm, settings.optics
-        )
-        self.signal_filter = (ctf_values * mtf_values).astype(np.float32)
-        if settings.noise_stage == "before_ctf":
-            self.noise_filter = self.signal_filter
-        else:
-            self.noise_filter = mtf_values.astype(np.float32)
-        self.insertion = _insertion_matrix(self.slice_points, n)
+        slices = [detector @ rotation_about_y(np.deg2rad(a)) for a in angles]
+        self.points = np.concatenate(slices).astype(np.float64)  # (M, 3) voxel units
+        self.insertion = _insertion_matrix(self.points, box)
         weights = np.asarray(self.insertion @ np.ones(self.insertion.shape[1], np.float32))
-        self.gridding_weight = weights.reshape(n, n, n // 2 + 1)
+        self.gridding_weight = weights.reshape(box, box, box // 2 + 1)
         if settings.reconstruction == "wbp":
             step_rad = np.deg2rad(settings.tilt_step_deg)
-            ramp = np.abs(self.u_index) * step_rad
-            ramp[self.u_index == 0] = 1.0 / len(self.angles_deg)
+            ramp = np.abs(u_index) * step_rad
+            ramp[u_index == 0] = 1.0 / self.n_tilts
             self.sample_weight = ramp.astype(np.float32)
             self.output_scale = np.ones_like(self.gridding_weight, dtype=np.float32)
         else:
-            self.sample_weight = np.ones(len(self.u_index), dtype=np.float32)
+            self.sample_weight = np.ones(len(u_index), dtype=np.float32)
             sampled = self.gridding_weight >= MIN_GRIDDING_WEIGHT
-            self.output_scale = np.where(sampled, 1.0 / np.maximum(self.gridding_weight, 1e-12), 0)
-            self.output_scale = self.output_scale.astype(np.float32)
-        self._wedge_transfer: tuple[np.ndarray, np.ndarray] | None = None
-        self.noise_gain = self._calibrate_noise_gain()
+            scale = np.where(sampled, 1.0 / np.maximum(self.gridding_weight, 1e-12), 0)
+            self.output_scale = scale.astype(np.float32)
 
-    @property
-    def n_samples(self) -> int:
-        return len(self.u_index)
-
-    # -- the three steps of a particle ---------------------------------------------------
-
-    def signal_slices(
-        self, spectrum: np.ndarray, rotation: np.ndarray, shift_voxels: np.ndarray
-    ) -> np.ndarray:
-        """Noise-free slice samples (M,) of a particle: rotated, shifted, before filtering.
-
-        Args:
-            spectrum: the class's :func:`padded_spectrum`.
-            rotation: (3, 3) rotation R of the pose.
-            shift_voxels: (3,) shift t (x, y, z) in voxels.
-        """
-        n = self.box_voxels
-        scale = spectrum.shape[0] / n
-        # F_p(q) = exp(-2 pi i q.t) F(R^T q); with q as row vectors R^T q is q @ R.
-        values = sample_spectrum(spectrum, (self.slice_points @ rotation) * scale)
-        phase = (self.slice_points @ np.asarray(shift_voxels, dtype=np.float64)) * (-2 * np.pi / n)
-        return values * np.exp(1j * phase).astype(np.complex64)
-
-    def noise_slices(self, rng: np.random.Generator) -> np.ndarray:
-        """Transforms (M,) of unit-variance white noise projections, one per tilt."""
-        n = self.box_voxels
-        tilts = len(self.angles_deg)
-        noise = rng.standard_normal((tilts, n, n), dtype=np.float32)
-        spectrum = np.fft.rfft2(noise)  # (T, v, u = 0 .. n/2)
-        minus_v = (-np.arange(n)) % n
+    def white_noise(self, rng: np.random.Generator, tilt_sigma: np.ndarray | None = None):
+        """Transforms (M,) of white noise projections, one per tilt, of standard deviation 1
+        or ``tilt_sigma`` (T,) per tilt."""
+        m = self.box
+        noise = rng.standard_normal((self.n_tilts, m, m), dtype=np.float32)
+        if tilt_sigma is not None:
+            noise *= np.asarray(tilt_sigma, dtype=np.float32)[:, None, None]
+        spectrum = np.fft.rfft2(noise)  # (T, v, u = 0 .. m/2)
+        minus_v = (-np.arange(m)) % m
         column_u_minus_1 = np.conj(spectrum[:, minus_v, 1:2])
         return np.concatenate([column_u_minus_1, spectrum], axis=2).astype(np.complex64).ravel()
 
-    def reconstruct(self, *slice_sets: np.ndarray) -> list[np.ndarray]:
-        """Insert filtered slice sets (each (M,) complex) and return the (n, n, n) volumes.
+    def reconstruct(self, values: np.ndarray) -> np.ndarray:
+        """Insert filtered samples (M,) and return the (m, m, m) float32 volume."""
+        m = self.box
+        weighted = values * self.sample_weight
+        inserted = self.insertion @ np.stack([weighted.real, weighted.imag], axis=1)
+        grid = (inserted[:, 0] + 1j * inserted[:, 1]).reshape(m, m, m // 2 + 1)
+        grid *= self.output_scale
+        volume = np.fft.irfftn(grid, s=(m, m, m), axes=(0, 1, 2))
+        return np.fft.fftshift(volume).astype(np.float32)
 
-        The sets are inserted as-is: multiply by ``signal_filter``/``noise_filter`` first.
+
+class _WedgeGrid(_FourierGrid):
+    """The ``wedge`` approximation: the whole 3D rfft grid of an m-voxel box, masked by the
+    sampled double wedge; noise is white in 3D."""
+
+    def __init__(self, settings: SimulationSettings, box: int):
+        self.settings = settings
+        self.box = box
+        kz, ky, kx = np.meshgrid(np.fft.fftfreq(box, 1.0 / box), np.fft.fftfreq(box, 1.0 / box),
+                                 np.fft.rfftfreq(box, 1.0 / box), indexing="ij")
+        self.points = np.stack([kx.ravel(), ky.ravel(), kz.ravel()], axis=1)
+        radius_xz = np.hypot(kx, kz)
+        tilt_limit = np.deg2rad(settings.tilt_max_deg)
+        in_wedge = (np.arctan2(np.abs(kz), kx) <= tilt_limit + 1e-9) | (radius_xz == 0)
+        self.sampled = (in_wedge & (radius_xz <= box / 2)).astype(np.float32)
+        self.detector_radius = np.sqrt(kx**2 + ky**2 + kz**2).ravel()
+
+    def white_noise(self, rng: np.random.Generator, tilt_sigma: np.ndarray | None = None):
+        """Transform of 3D white noise (there are no tilts: a per-tilt sigma enters as its rms)."""
+        m = self.box
+        white = rng.standard_normal((m, m, m), dtype=np.float32)
+        if tilt_sigma is not None:
+            white *= np.float32(np.sqrt(np.mean(np.square(tilt_sigma))))
+        return np.fft.rfftn(white).astype(np.complex64).ravel()
+
+    def reconstruct(self, values: np.ndarray) -> np.ndarray:
+        m = self.box
+        grid = values.reshape(self.sampled.shape) * self.sampled
+        volume = np.fft.irfftn(grid, s=(m, m, m), axes=(0, 1, 2))
+        return np.fft.fftshift(volume).astype(np.float32)
+
+
+class TiltSeriesGeometry:
+    """Everything about a tilt scheme that is the same for every particle.
+
+    The signal is reconstructed in the ``signal_box_voxels`` box and cropped to
+    ``box_voxels``; noise is reconstructed in the ``box_voxels`` box.
+    """
+
+    def __init__(self, settings: SimulationSettings):
+        self.settings = settings
+        n = settings.box_voxels
+        m = settings.resolved_signal_box_voxels
+        self.box_voxels = n
+        self.signal_box_voxels = m
+        self.angles_deg = settings.tilt_angles_deg
+        grid_type = _WedgeGrid if settings.reconstruction == "wedge" else _SliceGrid
+        self.signal_grid = grid_type(settings, m)
+        self.noise_grid = self.signal_grid if m == n else grid_type(settings, n)
+        self._transfers: dict = {}
+        self._gains: dict = {}
+
+    @property
+    def gridding_weight(self) -> np.ndarray:
+        """(n, n, n // 2 + 1) summed gridding weights of the n-voxel box (not for ``wedge``)."""
+        return self.noise_grid.gridding_weight
+
+    # -- filters ------------------------------------------------------------------------
+
+    def signal_transfer(self, defocus_um: float | None = None) -> np.ndarray:
+        """CTF x MTF x envelope at the signal samples; None = the optics' nominal defocus."""
+        if defocus_um is not None:
+            return self.signal_grid.transfer(defocus_um, self.settings.optics.ctf_enabled, True)
+        if "signal" not in self._transfers:
+            self._transfers["signal"] = self.signal_grid.transfer(
+                None, self.settings.optics.ctf_enabled, True)
+        return self._transfers["signal"]
+
+    def noise_transfer(self, defocus_um: float | None = None) -> np.ndarray:
+        """The filter of projection noise: CTF x MTF before the CTF, the MTF after it."""
+        with_ctf = self.settings.noise_stage == "before_ctf" and self.settings.optics.ctf_enabled
+        if with_ctf and defocus_um is not None:
+            return self.noise_grid.transfer(defocus_um, True, False)
+        if "noise" not in self._transfers:
+            self._transfers["noise"] = self.noise_grid.transfer(None, with_ctf, False)
+        return self._transfers["noise"]
+
+    # -- signal and noise ---------------------------------------------------------------
+
+    def clean_signal(self, placements: Sequence[Placement],
+                     defocus_um: float | None = None) -> np.ndarray:
+        """Noise-free reconstruction (n, n, n) of the particles placed in the box.
+
+        Args:
+            placements: (padded spectrum, rotation (3, 3), shift (3,) x, y, z voxels) of each
+                particle; the centre particle and any neighbours.
+            defocus_um: this particle's defocus; None = the optics' nominal value.
         """
         n = self.box_voxels
-        columns = []
-        for values in slice_sets:
-            weighted = values * self.sample_weight
-            columns += [weighted.real, weighted.imag]
-        inserted = self.insertion @ np.stack(columns, axis=1)
-        volumes = []
-        for i in range(len(slice_sets)):
-            grid = (inserted[:, 2 * i] + 1j * inserted[:, 2 * i + 1]).reshape(n, n, n // 2 + 1)
-            grid *= self.output_scale
-            volume = np.fft.irfftn(grid, s=(n, n, n), axes=(0, 1, 2))
-            volumes.append(np.fft.fftshift(volume).astype(np.float32))
-        return volumes
+        if not placements:
+            return np.zeros((n, n, n), dtype=np.float32)
+        grid = self.signal_grid
+        values = grid.sample(*placements[0])
+        for placement in placements[1:]:
+            values += grid.sample(*placement)
+        volume = grid.reconstruct(values * self.signal_transfer(defocus_um))
+        return np.ascontiguousarray(crop_centre(volume, n))
 
-    # -- whole particles ------------------------------------------------------------------
+    def clean_particle(self, spectrum: np.ndarray, rotation: np.ndarray,
+                       shift_voxels: np.ndarray, defocus_um: float | None = None) -> np.ndarray:
+        """Noise-free reconstruction (n, n, n) of one particle."""
+        return self.clean_signal([(spectrum, rotation, shift_voxels)], defocus_um)
 
-    def clean_particle(
-        self, spectrum: np.ndarray, rotation: np.ndarray, shift_voxels: np.ndarray
-    ) -> np.ndarray:
-        """Noise-free reconstruction (n, n, n) of a particle."""
-        if self.settings.reconstruction == "wedge":
-            return self._wedge_volumes(spectrum, rotation, shift_voxels, None)[0]
-        signal = self.signal_slices(spectrum, rotation, shift_voxels) * self.signal_filter
-        return self.reconstruct(signal)[0]
+    def unit_noise(self, rng: np.random.Generator, defocus_um: float | None = None,
+                   tilt_sigma: np.ndarray | None = None) -> np.ndarray:
+        """Reconstruction (n, n, n) of white projection noise, filtered as the noise stage says.
+
+        Args:
+            rng: the generator of this particle's noise.
+            defocus_um: the particle's defocus (matters when noise passes the CTF).
+            tilt_sigma: (T,) per-projection standard deviations; None = 1 for every tilt.
+        """
+        values = self.noise_grid.white_noise(rng, tilt_sigma) * self.noise_transfer(defocus_um)
+        return self.noise_grid.reconstruct(values)
+
+    def noise_gain_at(self, defocus_um: float | None = None) -> float:
+        """Mean variance of the reconstruction of unit projection noise (fixed seed) for a
+        particle of this defocus (None = nominal)."""
+        if self.settings.noise_stage == "after_ctf" or not self.settings.optics.ctf_enabled:
+            defocus_um = None
+        value_range = self.settings.optics.defocus_range_um
+        if defocus_um is None or value_range is None:
+            return self._calibrated_gain(defocus_um)
+        defocus_table = np.linspace(*value_range, GAIN_TABLE_POINTS)
+        gains = [self._calibrated_gain(float(d)) for d in defocus_table]
+        return float(np.interp(defocus_um, defocus_table, gains))
+
+    @property
+    def noise_gain(self) -> float:
+        """The noise gain at the nominal defocus."""
+        return self.noise_gain_at(None)
+
+    def _calibrated_gain(self, defocus_um: float | None) -> float:
+        key = None if defocus_um is None else round(float(defocus_um), 9)
+        if key not in self._gains:
+            rng = np.random.default_rng(zlib.crc32(b"tomosift noise gain"))
+            variances = [self.unit_noise(rng, defocus_um).var(dtype=np.float64)
+                         for _ in range(CALIBRATION_REALISATIONS)]
+            self._gains[key] = float(np.mean(variances))
+        return self._gains[key]
+
+    # -- the paper's particle -------------------------------------------------------------
 
     def particle(
         self,
@@ -291,101 +508,44 @@ class TiltSeriesGeometry:
         snr: float,
         noise_rng: np.random.Generator,
         empty_noise_sigma: float | None = None,
+        defocus_um: float | None = None,
+        neighbours: Sequence[Placement] = (),
     ) -> tuple[np.ndarray, float, float]:
-        """Simulate one subtomogram.
+        """Simulate one subtomogram at a target SNR (the paper's noise model).
 
         Args:
             spectrum: the class's padded spectrum, or None for an empty subtomogram.
-            rotation, shift_voxels: the pose (see :meth:`signal_slices`).
+            rotation, shift_voxels: the pose (see :meth:`clean_signal`).
             snr: target SNR of the reconstruction (see the module docstring).
             noise_rng: the generator for this particle's noise.
             empty_noise_sigma: projection noise sigma for an empty subtomogram.
+            defocus_um: this particle's defocus; None = nominal.
+            neighbours: further particles in the box (crowding); their density counts as
+                signal.
 
         Returns:
             (volume (n, n, n) float32, signal variance, projection noise sigma).
         """
         if snr <= 0:
             raise TomosiftError(f"SNR must be > 0, got {snr}")
-        if self.settings.reconstruction == "wedge":
-            signal, noise = self._wedge_volumes(spectrum, rotation, shift_voxels, noise_rng)
-        else:
-            noise_values = self.noise_slices(noise_rng) * self.noise_filter
-            if spectrum is None:
-                (noise,) = self.reconstruct(noise_values)
-                signal = np.zeros_like(noise)
-            else:
-                signal_values = self.signal_slices(spectrum, rotation, shift_voxels)
-                signal, noise = self.reconstruct(signal_values * self.signal_filter, noise_values)
+        placements = list(neighbours)
+        if spectrum is not None:
+            placements.insert(0, (spectrum, rotation, shift_voxels))
+        noise = self.unit_noise(noise_rng, defocus_um)
+        signal = self.clean_signal(placements, defocus_um)
         signal_variance = float(signal.var(dtype=np.float64))
         if spectrum is None:
             if empty_noise_sigma is None:
                 raise TomosiftError("an empty subtomogram needs the dataset's noise level")
             sigma = empty_noise_sigma
         else:
-            sigma = self.noise_sigma(signal_variance, snr)
+            sigma = self.noise_sigma(signal_variance, snr, defocus_um)
         return signal + np.float32(sigma) * noise, signal_variance, sigma
 
-    def noise_sigma(self, signal_variance: float, snr: float) -> float:
+    def noise_sigma(self, signal_variance: float, snr: float,
+                    defocus_um: float | None = None) -> float:
         """Projection noise sigma that gives ``snr`` for a reconstruction of this variance."""
-        return float(np.sqrt(signal_variance / (snr * self.noise_gain)))
-
-    # -- helpers --------------------------------------------------------------------------
-
-    def _calibrate_noise_gain(self) -> float:
-        """Mean variance of the reconstruction of unit projection noise (fixed seed)."""
-        rng = np.random.default_rng(zlib.crc32(b"tomosift noise gain"))
-        variances = []
-        for _ in range(CALIBRATION_REALISATIONS):
-            if self.settings.reconstruction == "wedge":
-                noise = self._wedge_volumes(None, np.eye(3), np.zeros(3), rng)[1]
-            else:
-                (noise,) = self.reconstruct(self.noise_slices(rng) * self.noise_filter)
-            variances.append(noise.var(dtype=np.float64))
-        return float(np.mean(variances))
-
-    def wedge_transfer(self) -> tuple[np.ndarray, np.ndarray]:
-        """3D (signal, noise) transfer functions of the ``wedge`` approximation, rfft layout."""
-        if self._wedge_transfer is None:
-            n = self.box_voxels
-            kz = np.fft.fftfreq(n, 1.0 / n)[:, None, None]
-            ky = np.fft.fftfreq(n, 1.0 / n)[None, :, None]
-            kx = np.fft.rfftfreq(n, 1.0 / n)[None, None, :]
-            radius_xz = np.hypot(kx, kz)
-            tilt_limit = np.deg2rad(self.settings.tilt_max_deg)
-            in_wedge = (np.arctan2(np.abs(kz), kx) <= tilt_limit + 1e-9) | (radius_xz == 0)
-            sampled = in_wedge & (radius_xz <= n / 2)
-            ctf_values, mtf_values = detector_transfer(
-                np.sqrt(kx**2 + kz**2), ky, n, self.settings.voxel_size_nm, self.settings.optics
-            )
-            signal = (sampled * ctf_values * mtf_values).astype(np.float32)
-            noise = signal if self.settings.noise_stage == "before_ctf" else sampled * mtf_values
-            self._wedge_transfer = (signal, noise.astype(np.float32))
-        return self._wedge_transfer
-
-    def _wedge_volumes(self, spectrum, rotation, shift_voxels, noise_rng):
-        n = self.box_voxels
-        signal_transfer, noise_transfer = self.wedge_transfer()
-        volumes = []
-        if spectrum is not None:
-            kz, ky, kx = np.meshgrid(
-                np.fft.fftfreq(n, 1.0 / n), np.fft.fftfreq(n, 1.0 / n),
-                np.fft.rfftfreq(n, 1.0 / n), indexing="ij",
-            )
-            points = np.stack([kx.ravel(), ky.ravel(), kz.ravel()], axis=1)
-            values = sample_spectrum(spectrum, (points @ rotation) * (spectrum.shape[0] / n))
-            phase = (points @ np.asarray(shift_voxels, dtype=np.float64)) * (-2 * np.pi / n)
-            grid = (values * np.exp(1j * phase)).reshape(signal_transfer.shape) * signal_transfer
-            volumes.append(np.fft.fftshift(np.fft.irfftn(grid, s=(n,) * 3, axes=(0, 1, 2))))
-        else:
-            volumes.append(np.zeros((n, n, n)))
-        if noise_rng is not None:
-            white = noise_rng.standard_normal((n, n, n), dtype=np.float32)
-            filtered = np.fft.irfftn(np.fft.rfftn(white) * noise_transfer, s=(n,) * 3,
-                                     axes=(0, 1, 2))
-            volumes.append(filtered)
-        else:
-            volumes.append(np.zeros((n, n, n)))
-        return [v.astype(np.float32) for v in volumes]
+        return float(np.sqrt(signal_variance / (snr * self.noise_gain_at(defocus_um))))
 
 
 def _insertion_matrix(points: np.ndarray, n: int) -> sparse.csr_matrix:

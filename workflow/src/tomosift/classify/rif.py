@@ -56,9 +56,9 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from tqdm import tqdm
 
 from tomosift.errors import TomosiftError
+from tomosift.progress import progress_bar
 
 COMPRESSIONS = ("none", "sqrt", "log1p")
 DEFAULT_C_GRID = (1.0, 10.0, 100.0, 1000.0)
@@ -353,7 +353,8 @@ def features_from_dataset(
         raise TomosiftError(f"{name}: indices must be strictly increasing")
     n = volumes.shape[1]
     out = np.empty((len(indices), settings.n_features(n)), dtype=np.float32)
-    bar = tqdm(total=len(indices), desc="RIF features", unit="subtomo", disable=not progress)
+    bar = progress_bar(total=len(indices), desc="RIF features", unit="subtomo",
+                       enabled=progress)
     with bar:
         for start in range(0, len(indices), batch_size):
             batch = indices[start : start + batch_size]
@@ -366,12 +367,91 @@ def features_from_dataset(
     return out
 
 
+@dataclass
+class SvmArrays:
+    """A fitted RBF support-vector machine on standardised features, as plain arrays.
+
+    The one-vs-one SVC of scikit-learn (libsvm): ``support_vectors`` (S, F) grouped by class
+    (``n_support`` per class), ``dual_coef`` (C - 1, S), ``intercept`` (C (C - 1) / 2,), the
+    kernel's ``gamma``; features are first standardised with ``mean`` and ``scale``.
+    :meth:`decision_function` reproduces scikit-learn's (one-vs-rest shape, as
+    ``SVC(decision_function_shape="ovr")``) to rounding.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    support_vectors: np.ndarray
+    dual_coef: np.ndarray
+    intercept: np.ndarray
+    n_support: np.ndarray
+    gamma: float
+    classes: np.ndarray
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline) -> SvmArrays:
+        scaler, svc = pipeline.named_steps["scale"], pipeline.named_steps["svc"]
+        return cls(scaler.mean_.copy(), scaler.scale_.copy(), svc.support_vectors_.copy(),
+                   svc.dual_coef_.copy(), svc.intercept_.copy(), svc.n_support_.copy(),
+                   float(svc._gamma), svc.classes_.copy())
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {name: np.asarray(getattr(self, name)) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SvmArrays:
+        values = {name: np.asarray(arrays[name]) for name in cls.__dataclass_fields__}
+        values["gamma"] = float(values["gamma"])
+        return cls(**values)
+
+    def decision_function(self, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """(N, C) one-vs-rest decision values for C > 2 classes, (N,) for two classes."""
+        features = np.asarray(features, dtype=np.float64)
+        return np.concatenate([self._decision(features[start : start + batch_size])
+                               for start in range(0, max(len(features), 1), batch_size)])
+
+    def _decision(self, features: np.ndarray) -> np.ndarray:
+        x = (features - self.mean) / self.scale
+        vectors = self.support_vectors
+        squared = ((x**2).sum(axis=1)[:, None] + (vectors**2).sum(axis=1)[None, :]
+                   - 2.0 * x @ vectors.T)
+        kernel = np.exp(-self.gamma * np.maximum(squared, 0.0))  # (N, S)
+        n_classes = len(self.classes)
+        if n_classes == 2:
+            return kernel @ self.dual_coef[0] + self.intercept[0]
+        bounds = np.concatenate([[0], np.cumsum(self.n_support)])
+        # per class c: its support vectors' contributions to every pair, (N, C - 1)
+        blocks = [kernel[:, bounds[c] : bounds[c + 1]] @ self.dual_coef[:, bounds[c] :
+                                                                          bounds[c + 1]].T
+                  for c in range(n_classes)]
+        votes = np.zeros((len(x), n_classes))
+        confidence = np.zeros((len(x), n_classes))
+        pair = 0
+        for i in range(n_classes):
+            for j in range(i + 1, n_classes):
+                decision = blocks[i][:, j - 1] + blocks[j][:, i] + self.intercept[pair]
+                votes[:, i] += decision > 0
+                votes[:, j] += decision <= 0
+                confidence[:, i] += decision
+                confidence[:, j] -= decision
+                pair += 1
+        # scikit-learn's tie-breaking: votes plus confidences squashed into (-1/3, 1/3)
+        return votes + confidence / (3 * (np.abs(confidence) + 1))
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Labels by one-vs-one votes, ties to the first class (as libsvm and scikit-learn)."""
+        decision = self.decision_function(features)
+        if decision.ndim == 1:
+            return self.classes[(decision > 0).astype(int)]
+        return self.classes[np.rint(decision).argmax(axis=1)]
+
+
 class RifSvm:
     """RBF support-vector machine on RIF features (StandardScaler + SVC), C and gamma by
     stratified cross-validation on the training data.
 
     Attributes (after ``fit``):
-        pipeline: the fitted scikit-learn Pipeline, refit on all training data.
+        pipeline: the fitted scikit-learn Pipeline, refit on all training data;
+        arrays: the same as :class:`SvmArrays` (what predictions use and model files store);
         c: chosen C; gamma: chosen gamma (float or 'scale'); cv_score: mean CV accuracy of
         the chosen pair; classes: the labels seen in training.
     """
@@ -382,6 +462,7 @@ class RifSvm:
         self.gamma: float | str | None = None
         self.cv_score: float | None = None
         self.classes: np.ndarray | None = None
+        self.arrays: SvmArrays | None = None
 
     def fit(
         self, features: np.ndarray, labels: np.ndarray,
@@ -420,6 +501,7 @@ class RifSvm:
             # defaults (C = 1, gamma = 'scale').
             self.pipeline = pipeline.fit(features, labels)
             self.c, self.gamma, self.cv_score, self.classes = 1.0, "scale", None, classes
+            self.arrays = SvmArrays.from_pipeline(self.pipeline)
             return self
         search = GridSearchCV(
             pipeline,
@@ -433,17 +515,18 @@ class RifSvm:
         self.gamma = search.best_params_["svc__gamma"]
         self.cv_score = float(search.best_score_)
         self.classes = classes
+        self.arrays = SvmArrays.from_pipeline(self.pipeline)
         return self
 
-    def _fitted(self) -> Pipeline:
-        if self.pipeline is None:
+    def _fitted(self) -> SvmArrays:
+        if self.arrays is None:
             raise TomosiftError("the RIF-SVM is not trained: call fit first")
-        return self.pipeline
+        return self.arrays
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(N,) predicted labels of (N, F) features."""
-        return self._fitted().predict(np.asarray(features, dtype=np.float64))
+        return self._fitted().predict(features)
 
     def decision_function(self, features: np.ndarray) -> np.ndarray:
         """(N, C) one-vs-rest decision values for C > 2 classes, (N,) for two classes."""
-        return self._fitted().decision_function(np.asarray(features, dtype=np.float64))
+        return self._fitted().decision_function(features)
