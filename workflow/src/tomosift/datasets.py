@@ -55,6 +55,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from tomosift import __version__
 from tomosift.errors import TomosiftError
@@ -252,6 +253,12 @@ def simulate_shard(
         out_path: the shard file (a complete dataset file when the range is everything).
         progress: report progress on stderr (a bar on a terminal, lines in a log).
     """
+    with threadpool_limits(limits=1):  # one core per shard; BLAS threads only slow it down
+        _simulate_shard(densities, plan, settings, start, stop, Path(out_path), progress)
+
+
+def _simulate_shard(densities, plan: DatasetPlan, settings: SimulationSettings, start: int,
+                    stop: int, out_path: Path, progress: bool) -> None:
     n = settings.box_voxels
     simulator = ParticleSimulator.prepare(densities, plan, settings, out_path)
     if not 0 <= start < stop <= plan.n_particles:
