@@ -35,6 +35,7 @@ test: venv
 	$(BIN)/snakemake -n --quiet rules all
 	$(BIN)/snakemake -n --quiet rules all --configfile config/paper.yaml
 	$(BIN)/snakemake -n --quiet rules all --configfile config/benchmark22.yaml
+	$(BIN)/snakemake -n --quiet rules all --configfile config/realistic.yaml
 
 clean:
 	rm -rf results .snakemake

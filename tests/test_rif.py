@@ -14,6 +14,7 @@ from scipy.special import sph_harm_y
 from tomosift.classify.rif import (
     RifSettings,
     RifSvm,
+    SvmArrays,
     features_from_dataset,
     rif_features,
     shell_power,
@@ -207,3 +208,17 @@ def test_features_from_dataset_matches_in_memory(tmp_path):
             features_from_dataset(h5, [5, 10], settings, progress=False)
     assert streamed.shape == (6, 12 * 5) and streamed.dtype == np.float32
     np.testing.assert_allclose(streamed, rif_features(volumes[indices], settings), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_svm_arrays_reproduce_scikit_learn(n_classes):
+    # model files keep the SVM as arrays (no pickled objects): the same decisions and labels
+    rng = np.random.default_rng(n_classes)
+    features = np.concatenate([rng.normal(c, 1.0, (40, 6)) for c in range(n_classes)])
+    labels = np.repeat(np.arange(n_classes), 40)
+    svm = RifSvm().fit(features, labels, cv_folds=2)
+    test = rng.normal(1.0, 2.0, (200, 6))
+    arrays = SvmArrays.from_arrays(svm.arrays.to_arrays())
+    np.testing.assert_allclose(arrays.decision_function(test),
+                               svm.pipeline.decision_function(test), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(arrays.predict(test), svm.pipeline.predict(test))

@@ -154,3 +154,120 @@ def test_settings_from_config_with_per_model_overrides():
     settings = settings_from_config(classification, "inception3d", seed=4)
     assert settings.dropout == 0.7 and settings.epochs == 3 and settings.seed == 4
     assert settings_from_config(classification, "dsrf3d", seed=4).epochs == 20
+
+
+# -- defects of issue 10: ground truth, checkpoints, threads, model files, progress ---------
+
+
+def test_training_and_prediction_never_read_the_ground_truth(easy_dataset, tmp_path):
+    import h5py
+
+    stripped = tmp_path / "stripped.h5"
+    stripped.write_bytes(easy_dataset.read_bytes())
+    with h5py.File(stripped, "a") as h5:
+        del h5["truth"]  # if a reader needed anything in truth/, it would fail now
+    settings = replace(FAST, epochs=2)
+    train_cnn(easy_dataset, settings, tmp_path / "a.pt", progress=False)
+    train_cnn(stripped, settings, tmp_path / "b.pt", progress=False)
+    _, scores_a, _ = predict(tmp_path / "a.pt", easy_dataset, "all", device="cpu",
+                             progress=False)
+    _, scores_b, _ = predict(tmp_path / "b.pt", stripped, "all", device="cpu", progress=False)
+    np.testing.assert_array_equal(scores_a, scores_b)
+
+
+def _resimulate(path, seed):
+    from tomosift.simulate.tomography import SimulationSettings
+
+    grid = DensitySettings(box_voxels=BOX)
+    maps = [make_density(p, grid)[0] for p in _EASY_SOURCES]
+    plan = DatasetPlan(("3hhb", "1bxn"), per_class=16, snr=1000.0, empty_class=False,
+                       max_shift_voxels=1.0, seed=seed)
+    simulate_shard(maps, plan, SimulationSettings(box_voxels=BOX), 0, plan.n_particles, path,
+                   progress=False)
+
+
+_EASY_SOURCES: list = []
+
+
+def test_a_checkpoint_resumes_only_on_the_same_data(easy_dataset, tmp_path, structure_path):
+    _EASY_SOURCES[:] = [structure_path("3hhb"), structure_path("1bxn")]
+    data = tmp_path / "data.h5"
+    data.write_bytes(easy_dataset.read_bytes())
+    settings = replace(FAST, epochs=2)
+    train_cnn(data, settings, tmp_path / "m.pt", progress=False, stop_after_epochs=1)
+    # other threads (and device) are not other training: it resumes after epoch 1
+    resumed = train_cnn(data, replace(settings, threads=1), tmp_path / "m.pt", progress=False,
+                        stop_after_epochs=1)
+    assert [r.epoch for r in resumed] == [1, 2]
+    train_cnn(data, settings, tmp_path / "n.pt", progress=False, stop_after_epochs=1)
+    _resimulate(data, seed=8)  # same path, same size, other particles
+    history = train_cnn(data, settings, tmp_path / "n.pt", progress=False)
+    train_cnn(data, settings, tmp_path / "fresh.pt", progress=False)
+    fresh = load_model(tmp_path / "fresh.pt")["state_dict"]
+    trained = load_model(tmp_path / "n.pt")["state_dict"]
+    assert [r.epoch for r in history] == [1, 2]
+    for name, tensor in fresh.items():  # trained from scratch on the new data
+        torch.testing.assert_close(trained[name], tensor, rtol=0, atol=0)
+
+
+def test_evaluation_and_prediction_keep_to_their_threads(easy_dataset, tmp_path, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from tomosift.classify import predict as predict_module
+    from tomosift.classify import rif
+
+    train_cnn(easy_dataset, replace(FAST, epochs=1), tmp_path / "m.pt", progress=False)
+    train_rif_svm(easy_dataset, tmp_path / "rif.pt", cv_folds=2, progress=False, threads=1)
+    seen = {}
+    cnn_scores, rif_features = predict_module.cnn_scores, rif.features_from_dataset
+
+    def counting_scores(*args, **kwargs):
+        seen["cnn"] = torch.get_num_threads()
+        return cnn_scores(*args, **kwargs)
+
+    def counting_features(*args, **kwargs):
+        seen["rif"] = max(pool["num_threads"] for pool in threadpool_info())
+        return rif_features(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "cnn_scores", counting_scores)
+    monkeypatch.setattr(rif, "features_from_dataset", counting_features)
+    torch.set_num_threads(2)
+    evaluate(tmp_path / "m.pt", easy_dataset, device="cpu", progress=False, threads=1)
+    evaluate(tmp_path / "rif.pt", easy_dataset, progress=False, threads=1)
+    assert seen == {"cnn": 1, "rif": 1}
+    assert torch.get_num_threads() == 2  # restored afterwards
+
+
+def test_a_model_file_cannot_run_code(tmp_path):
+    from tomosift.classify.modelfile import MODEL_FORMAT
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": MODEL_FORMAT, "header": "{}", "tensors": {}, "x": Payload()}, evil)
+    with pytest.raises(TomosiftError, match="not loaded"):
+        load_model(evil)
+    assert not marker.exists()
+
+
+def test_model_files_are_tensors_and_json(easy_dataset, tmp_path):
+    train_rif_svm(easy_dataset, tmp_path / "rif.pt", cv_folds=2, progress=False)
+    train_cnn(easy_dataset, replace(FAST, epochs=1), tmp_path / "m.pt", progress=False)
+    for name in ("rif.pt", "m.pt"):
+        payload = torch.load(tmp_path / name, weights_only=True)
+        assert set(payload) == {"format", "header", "tensors"}
+        header = json.loads(payload["header"])
+        assert header["class_names"] == ["3hhb", "1bxn"] and header["box_voxels"] == BOX
+        assert all(isinstance(t, torch.Tensor) for t in payload["tensors"].values())
+
+
+def test_training_writes_a_progress_line_per_epoch(easy_dataset, tmp_path, capsys):
+    train_cnn(easy_dataset, replace(FAST, epochs=2), tmp_path / "m.pt")
+    lines = capsys.readouterr().err.splitlines()  # stderr is not a terminal here: lines
+    epochs = [line for line in lines if line.startswith("dsrf3d epoch ") and "loss" in line]
+    assert len(epochs) == 2
+    assert "subtomo/s" in epochs[0] and "left" in epochs[0] and "2/2" in epochs[1]

@@ -129,6 +129,74 @@ def test_killed_run_resumes_to_the_same_bytes(finished_run, tmp_path):
     pd.testing.assert_series_equal(first["accuracy"], second["accuracy"])
 
 
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """The job counts of a dry run's table (``rule count`` lines)."""
+    jobs = {}
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit() and fields[0] != "total":
+            jobs[fields[0]] = int(fields[1])
+    return jobs
+
+
+def test_a_new_method_or_other_threads_retrain_nothing_else(finished_run, tmp_path):
+    assert planned_jobs(snakemake(finished_run, "-n", "--quiet", "rules")) == {}  # complete
+    config = finished_run / "config.yaml"
+    original = config.read_text()
+    try:
+        config.write_text(original.replace(
+            "methods: [inception3d, dsrf3d, dsrf3d-bin2, rif-svm]",
+            "methods: [inception3d, dsrf3d, dsrf3d-bin2, rif-svm, resnet3d]\n  threads: 1\n"
+            "  device: cpu"))
+        planned = planned_jobs(snakemake(finished_run, "-n"))
+    finally:
+        config.write_text(original)
+    # only the new method trains and is evaluated (once per dataset); Table 1 is redrawn
+    assert planned == {"train": 2, "evaluate": 2, "table1": 1, "all": 1}
+
+
+REALISTIC = """
+seed: 3
+structures: [3hhb, {source: 1bxn, name: prx}]
+simulation:
+  noise_model: dose
+  dose_e_per_a2: [60]
+  tilt_max_deg: [60]
+  per_class: 6
+  shard_size: 9
+  ctf: {defocus_range_um: [3, 6], b_factor_a2: 200}
+  crowding: {max_neighbours: 2}
+  ice: {thickness_nm: 150, solvent_contrast: 0.64}
+  polarity: white
+classification:
+  methods: [dsrf3d-bin2, rif-svm]
+  epochs: 1
+  batch_size: 6
+  precision: float32
+  models:
+    dsrf3d-bin2: {architecture: dsrf3d, input_binning: 2}
+"""
+
+
+def test_the_realistic_mode_end_to_end(tmp_path):
+    (tmp_path / "config.yaml").write_text(REALISTIC)
+    snakemake(tmp_path)
+    results = tmp_path / "results"
+    with h5py.File(results / "datasets/dose60_tilt60.h5") as h5:
+        assert h5.attrs["noise_model"] == "dose" and h5.attrs["polarity"] == "white"
+        measured = h5.attrs["measured_snr_per_class"]
+        assert measured[1] > measured[0] > 0  # 480 kDa above 60 kDa at the same dose
+        assert "neighbour_labels" in h5["truth"]
+    summary = (results / "datasets/dose60_tilt60.txt").read_text()
+    assert "measured SNR" in summary
+    table = pd.read_csv(results / "table1.tsv", sep="\t")
+    assert set(table["method"]) == {"dsrf3d-bin2", "rif-svm"}
+    assert table["measured_snr"].notna().all() and table["paper_accuracy"].isna().all()
+    html = (results / "table1.html").read_text()
+    assert "dose 60 e/Å²" in html and "detector-noise model" in html
+    assert (results / "figures/snr_tilt_grid_3hhb.png").stat().st_size > 5000
+
+
 def test_bad_structure_stops_with_one_line(tmp_path):
     (tmp_path / "config.yaml").write_text("structures: [missing/file.pdb]\n")
     result = snakemake(tmp_path, "-n", check=False)

@@ -13,6 +13,7 @@ import numpy as np
 from tomosift import __version__
 from tomosift.errors import TomosiftError
 from tomosift.recipe import METHODS, NORMALISATIONS, PRECISIONS, TrainingSettings
+from tomosift.simulate.tomography import POLARITIES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="simulate a dataset of subtomograms (HDF5)")
     simulate.add_argument("--structures", nargs="+", required=True,
                           help="structure files, MRC maps, or folders holding them")
-    simulate.add_argument("--snr", type=float, required=True)
+    noise = simulate.add_mutually_exclusive_group(required=True)
+    noise.add_argument("--snr", type=float,
+                       help="the paper's noise: every particle calibrated to this SNR")
+    noise.add_argument("--dose", type=float, metavar="E_PER_A2",
+                       help="detector noise: this total dose over the series (e/Å²); the SNR "
+                            "is then measured per class")
     simulate.add_argument("--tilt-max-deg", type=float, required=True)
     simulate.add_argument("--tilt-step-deg", type=float, default=2.0)
     simulate.add_argument("--per-class", type=int, required=True)
@@ -61,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--max-shift-voxels", type=float, default=4.0)
     simulate.add_argument("--no-empty", action="store_true", help="leave out the empty class")
     simulate.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    simulate.add_argument("--defocus-um", type=float, default=5.0, help="underfocus, µm")
+    simulate.add_argument("--defocus-range-um", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                          help="draw each particle's defocus from this range")
+    simulate.add_argument("--b-factor-a2", type=float, default=0.0)
+    simulate.add_argument("--max-neighbours", type=int, default=0,
+                          help="crowding: up to this many particles of other classes around")
+    simulate.add_argument("--ice-thickness-nm", type=float, default=0.0)
+    simulate.add_argument("--solvent-contrast", type=float, default=0.0,
+                          help="solvent / protein potential (0.64 for vitreous ice)")
+    simulate.add_argument("--polarity", choices=POLARITIES, default="recorded",
+                          help="white: particles white (positive), as RELION expects")
     _add_grid_options(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -104,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("test", "train", "all"), default="test")
     evaluate.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--threads", type=int, default=None,
+                          help="CPU threads at most (default: all)")
     evaluate.set_defaults(handler=_evaluate)
 
     resolve = commands.add_parser("resolve", help="where a PDB ID is found (or downloaded to)")
@@ -178,9 +197,10 @@ def _structure_files(entries: Sequence[str]) -> list[Path]:
 
 
 def _simulate(args) -> None:
-    from tomosift.datasets import DatasetPlan, simulate_shard
+    from tomosift.datasets import DatasetPlan, open_dataset, simulate_shard
     from tomosift.density import DensitySettings, make_density
     from tomosift.simulate import Optics, SimulationSettings
+    from tomosift.simulate.specimen import Crowding, Ice
     from tomosift.structures import default_name
 
     files = _structure_files(args.structures)
@@ -190,18 +210,25 @@ def _simulate(args) -> None:
         volume, _ = make_density(path, grid)
         names.append(default_name(str(path)))
         maps.append(volume)
+    optics = Optics(defocus_um=args.defocus_um, b_factor_a2=args.b_factor_a2,
+                    defocus_range_um=tuple(args.defocus_range_um) if args.defocus_range_um
+                    else None)
     settings = SimulationSettings(
         box_voxels=args.box, voxel_size_nm=args.voxel_size_nm, tilt_max_deg=args.tilt_max_deg,
-        tilt_step_deg=args.tilt_step_deg, optics=Optics(), reconstruction=args.mode,
-        noise_stage=args.noise_stage,
+        tilt_step_deg=args.tilt_step_deg, optics=optics, reconstruction=args.mode,
+        noise_stage=args.noise_stage, polarity=args.polarity,
+        ice=Ice(thickness_nm=args.ice_thickness_nm, solvent_contrast=args.solvent_contrast),
     )
     plan = DatasetPlan(
-        tuple(names), per_class=args.per_class, snr=args.snr, seed=args.seed,
-        empty_class=not args.no_empty, max_shift_voxels=args.max_shift_voxels,
-        volume_dtype=args.dtype,
+        tuple(names), per_class=args.per_class, snr=args.snr, dose_e_per_a2=args.dose,
+        seed=args.seed, empty_class=not args.no_empty, max_shift_voxels=args.max_shift_voxels,
+        volume_dtype=args.dtype, crowding=Crowding(max_neighbours=args.max_neighbours),
     )
     simulate_shard(maps, plan, settings, 0, plan.n_particles, args.out)
-    print(f"{args.out}: {plan.n_particles} subtomograms of {len(plan.class_names)} classes")
+    with open_dataset(args.out) as h5:
+        measured = h5.attrs["measured_snr_mean"]
+    print(f"{args.out}: {plan.n_particles} subtomograms of {len(plan.class_names)} classes, "
+          f"measured SNR {measured:.3g} (mean over the structure classes)")
 
 
 def _show(args) -> None:
@@ -243,7 +270,7 @@ def _train(args) -> None:
     from tomosift.classify.train import train_cnn, train_rif_svm
 
     if args.model == "rif-svm":
-        record = train_rif_svm(args.data, args.out, seed=args.seed)
+        record = train_rif_svm(args.data, args.out, seed=args.seed, threads=args.threads)
         cv = record["cv_accuracy"]
         print(f"{args.out}: RIF-SVM, C {record['chosen_c']:g}, gamma {record['chosen_gamma']}, "
               f"cross-validated accuracy {'n/a' if cv is None else f'{cv:.3f}'}")
@@ -267,7 +294,7 @@ def _evaluate(args) -> None:
     from tomosift.classify.predict import evaluate
     from tomosift.io import write_text
 
-    metrics = evaluate(args.model, args.data, args.split, args.device)
+    metrics = evaluate(args.model, args.data, args.split, args.device, threads=args.threads)
     write_text(args.out, json.dumps(metrics, indent=1))
     print(f"{args.out}: {metrics['method']} accuracy {metrics['accuracy']:.3f} on "
           f"{metrics['n_subtomograms']} {args.split} subtomograms, "

@@ -37,7 +37,7 @@ class LineProgress:
 
     def __init__(self, iterable: Iterable | None = None, total: int | None = None,
                  desc: str = "", unit: str = "it", interval_s: float = LINE_INTERVAL_S,
-                 stream=None):
+                 stream=None, leave: bool = True):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
@@ -46,12 +46,14 @@ class LineProgress:
         self.unit = unit
         self.interval_s = interval_s
         self.stream = stream
+        self.leave = leave
         self.count = 0
         self.postfix = ""
         self.started = time.perf_counter()
         self.last_line = self.started
         self.closed = False
-        self._write(self._line(final=False, starting=True))
+        if leave:
+            self._write(self._line(final=False, starting=True))
 
     def _write(self, text: str) -> None:
         stream = self.stream or sys.stderr
@@ -86,7 +88,8 @@ class LineProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._write(self._line(final=True))
+            if self.leave:
+                self._write(self._line(final=True))
 
     def __iter__(self) -> Iterator:
         for item in self.iterable:
@@ -102,10 +105,15 @@ class LineProgress:
 
 
 def progress_bar(iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-                 unit: str = "it", enabled: bool = True, interval_s: float = LINE_INTERVAL_S):
-    """A tqdm bar on a terminal, :class:`LineProgress` otherwise, or a silent tqdm."""
+                 unit: str = "it", enabled: bool = True, interval_s: float = LINE_INTERVAL_S,
+                 leave: bool = True):
+    """A tqdm bar on a terminal, :class:`LineProgress` otherwise, or a silent tqdm.
+
+    ``leave=False``: no first and last line, only those in between (the caller writes its
+    own summary)."""
     if not enabled:
         return tqdm(iterable, total=total, disable=True)
     if sys.stderr.isatty():
-        return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=2.0)
-    return LineProgress(iterable, total=total, desc=desc, unit=unit, interval_s=interval_s)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=2.0, leave=leave)
+    return LineProgress(iterable, total=total, desc=desc, unit=unit, interval_s=interval_s,
+                        leave=leave)

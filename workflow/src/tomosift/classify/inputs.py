@@ -76,7 +76,8 @@ def dataset_identity(path: str | os.PathLike) -> str:
     with open_dataset(path) as h5:
         for key in sorted(h5.attrs):
             digest.update(f"{key}={plain(h5.attrs[key])!r};".encode())
-        for name in ("labels", "split", "class_names"):
+        digest.update("\n".join(class_names_of(h5)).encode())
+        for name in ("labels", "split"):
             digest.update(np.ascontiguousarray(h5[name][()]).tobytes())
         volumes = h5["volumes"]
         for index in np.unique(np.linspace(0, len(volumes) - 1, IDENTITY_VOLUMES).astype(int)):

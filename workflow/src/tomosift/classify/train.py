@@ -206,7 +206,7 @@ def _train_epoch(model, optimiser, schedule, h5, data: SplitData, settings: Trai
     total_loss, correct, seen = 0.0, 0, 0
     batches = range(0, len(order), settings.batch_size)
     bar = progress_bar(batches, desc=f"{name} epoch {epoch + 1}/{settings.epochs}",
-                       unit="batch", enabled=progress)
+                       unit="batch", enabled=progress, leave=False)
     for start in bar:
         chosen = order[start : start + settings.batch_size]
         volumes = read_volumes(h5, data.indices[chosen], settings.normalise,
