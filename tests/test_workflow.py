@@ -134,7 +134,8 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     jobs = {}
     for line in result.stdout.splitlines():
         fields = line.split()
-        if len(fields) == 2 and fields[1].isdigit() and fields[0] != "total":
+        if (len(fields) == 2 and fields[1].isdigit() and fields[0].isidentifier()
+                and fields[0] != "total"):
             jobs[fields[0]] = int(fields[1])
     return jobs
 

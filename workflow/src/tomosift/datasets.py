@@ -65,6 +65,7 @@ from tomosift.simulate.dose import contrast_per_voxel_sum, tilt_noise_sigma
 from tomosift.simulate.poses import dataset_key, noise_rng, pose_rng, random_pose
 from tomosift.simulate.specimen import (
     Crowding,
+    Neighbour,
     crowding_reach_voxels,
     place_neighbours,
     solvent_corrected,
@@ -260,9 +261,9 @@ def simulate_shard(
 def _simulate_shard(densities, plan: DatasetPlan, settings: SimulationSettings, start: int,
                     stop: int, out_path: Path, progress: bool) -> None:
     n = settings.box_voxels
-    simulator = ParticleSimulator.prepare(densities, plan, settings, out_path)
     if not 0 <= start < stop <= plan.n_particles:
         raise TomosiftError(f"{out_path}: particle range [{start}, {stop}) outside the dataset")
+    simulator = ParticleSimulator.prepare(densities, plan, settings, out_path)
     geometry, classes, settings = simulator.geometry, simulator.classes, simulator.settings
     count = stop - start
     dtype = np.dtype(plan.volume_dtype)
@@ -285,16 +286,14 @@ def _simulate_shard(densities, plan: DatasetPlan, settings: SimulationSettings, 
                            enabled=progress)
         for offset, index in enumerate(bar):
             label = int(labels[offset])
-            volume, record = simulator.particle(index, label)
+            volume, record, neighbours = simulator.particle(index, label)
             volumes[offset] = volume.astype(dtype)
             for name, value in record.items():
-                if name == "neighbours":
-                    for j, neighbour in enumerate(value):
-                        truth["neighbour_labels"][offset, j] = neighbour.label
-                        truth["neighbour_positions_voxels"][offset, j] = neighbour.position_voxels
-                        truth["neighbour_rotations"][offset, j] = neighbour.rotation
-                else:
-                    truth[name][offset] = value
+                truth[name][offset] = value
+            for j, neighbour in enumerate(neighbours):
+                truth["neighbour_labels"][offset, j] = neighbour.label
+                truth["neighbour_positions_voxels"][offset, j] = neighbour.position_voxels
+                truth["neighbour_rotations"][offset, j] = neighbour.rotation
             split[offset] = b"test" if test_flags[label][index % plan.per_class] else b"train"
         h5.create_dataset("labels", data=labels.astype(np.int16), track_times=False)
         h5.create_dataset("split", data=split, track_times=False)
@@ -351,8 +350,9 @@ class ParticleSimulator:
         """The same geometry and classes at another grid point's noise level."""
         return ParticleSimulator(self.geometry, self.classes, plan)
 
-    def particle(self, index: int, label: int) -> tuple[np.ndarray, dict]:
-        """(volume (n, n, n) float32, truth record) of particle ``index`` of class ``label``."""
+    def particle(self, index: int, label: int) -> tuple[np.ndarray, dict, list[Neighbour]]:
+        """Particle ``index`` of class ``label``: (volume (n, n, n) float32, its values of the
+        ``truth/`` arrays of :data:`TRUTH_ARRAYS`, its neighbours)."""
         plan, settings, geometry = self.plan, self.settings, self.geometry
         stream = pose_rng(plan.seed, index)
         rotation, shift = random_pose(stream, plan.max_shift_voxels)
@@ -388,8 +388,7 @@ class ParticleSimulator:
             "defocus_um": settings.optics.defocus_um if defocus is None else defocus,
             "signal_variance": signal_variance, "noise_variance": noise_variance,
             "snr": signal_variance / noise_variance, "noise_sigma": sigma,
-            "neighbours": neighbours,
-        }
+        }, neighbours
 
 
 def _write_class_names(h5: h5py.File, names: Sequence[str]) -> None:

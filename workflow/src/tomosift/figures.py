@@ -49,7 +49,7 @@ def snr_tilt_figure(
         simulator = ParticleSimulator.prepare([density], plan(noise_levels[0]),
                                               replace(settings, tilt_max_deg=float(tilt)), name)
         for level in noise_levels:
-            volume, truth = simulator.with_plan(plan(level)).particle(0, 0)
+            volume, truth, _ = simulator.with_plan(plan(level)).particle(0, 0)
             slices[(level, tilt)] = volume[:, volume.shape[1] // 2, :]
             rotation = truth["rotations"]
     placed = rotate_volume(density, rotation, np.zeros(3))
