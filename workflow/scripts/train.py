@@ -4,7 +4,7 @@ from tomosift.classify.train import train_method
 from tomosift.logs import log_to_file
 
 log = log_to_file(snakemake.log[0])
-result = train_method(
+train_method(
     snakemake.wildcards.method,
     snakemake.input.data,
     snakemake.output[0],
@@ -14,4 +14,4 @@ result = train_method(
     threads=snakemake.threads,
     device=snakemake.resources.device,
 )
-log.info("trained %s: %s", snakemake.wildcards.method, result)
+log.info("trained %s on %s", snakemake.wildcards.method, snakemake.input.data)
