@@ -210,3 +210,11 @@ def test_interrupted_shard_leaves_no_file(tmp_path, maps, plan, monkeypatch):
         simulate_shard(maps, plan, SETTINGS, 0, 6, out, progress=False)
     assert out.read_bytes() == b"previous good file"
     assert [p.name for p in tmp_path.iterdir()] == ["shard.h5"]
+
+
+def test_a_shard_job_logs_its_progress(tmp_path, maps, plan, capsys):
+    # in a workflow job stderr is the log file, not a terminal: plain lines with rate and ETA
+    simulate_shard(maps, plan, SETTINGS, 0, plan.n_particles, tmp_path / "s.h5")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("s.h5: 0/18 subtomo") and "started" in lines[0]
+    assert lines[-1].startswith("s.h5: 18/18 subtomo (100%)") and "subtomo/s" in lines[-1]
