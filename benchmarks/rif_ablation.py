@@ -14,6 +14,7 @@ the RIF-SVM (C and gamma cross-validated on the train split) on subsets of the f
   divided by Nyquist); high shells: the rest.
 
     python benchmarks/rif_ablation.py results/benchmarks/table1_small/snr0.1_tilt60.h5
+    python benchmarks/rif_ablation.py DATA.h5 --only radial angular   # two subsets only
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from tomosift.datasets import open_dataset
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data", type=Path, help="a tomosift HDF5 dataset")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="fit only the subsets whose names start with these words "
+                             "(each fit of a hard dataset takes minutes)")
     args = parser.parse_args()
     settings = RifSettings()
     splits = {name: read_split(args.data, name) for name in ("train", "test")}
@@ -61,6 +65,9 @@ def main() -> None:
           f"{len(np.unique(splits['train'].labels))} classes")
     print("features                  n_features  test_accuracy")
     for name in train:
+        if args.only and not any(name.startswith(f"{word} ") or name == word
+                                 for word in args.only):
+            continue
         classifier = RifSvm().fit(train[name], splits["train"].labels)
         accuracy = float(np.mean(classifier.predict(test[name]) == splits["test"].labels))
         print(f"{name:25s} {train[name].shape[1]:10d}  {accuracy:13.3f}")

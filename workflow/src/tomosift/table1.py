@@ -35,24 +35,25 @@ def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
+def _packaged_table(name: str) -> pd.DataFrame:
+    """A TSV of the package's data folder (``#`` lines are comments), all columns as text."""
+    text = resources.files("tomosift").joinpath(f"data/{name}").read_text()
+    rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
+    return pd.DataFrame(rows[1:], columns=rows[0])
+
+
 def paper_table1() -> pd.DataFrame:
     """The paper's Table 1 in long form: snr, tilt_max_deg, method, accuracy."""
-    text = resources.files("tomosift").joinpath("data/paper_table1.tsv").read_text()
-    rows = [line.split("\t") for line in text.splitlines()
-            if line and not line.startswith("#")]
-    frame = pd.DataFrame(rows[1:], columns=rows[0])
-    return frame.astype({"snr": float, "tilt_max_deg": float, "accuracy": float})
+    return _packaged_table("paper_table1.tsv").astype(
+        {"snr": float, "tilt_max_deg": float, "accuracy": float})
 
 
 def recorded_table1() -> pd.DataFrame:
     """tomosift's recorded full-size runs in long form: setting (paper|realistic), noise,
     level, measured_snr, tilt_max_deg, method, accuracy, per_class, epochs, machine, date."""
-    text = resources.files("tomosift").joinpath("data/recorded_table1.tsv").read_text()
-    rows = [line.split("\t") for line in text.splitlines()
-            if line and not line.startswith("#")]
-    frame = pd.DataFrame(rows[1:], columns=rows[0])
-    return frame.astype({"level": float, "measured_snr": float, "tilt_max_deg": float,
-                         "accuracy": float, "per_class": int, "epochs": int})
+    return _packaged_table("recorded_table1.tsv").astype(
+        {"level": float, "measured_snr": float, "tilt_max_deg": float, "accuracy": float,
+         "per_class": int, "epochs": int})
 
 
 def render_recorded_html(recorded: pd.DataFrame) -> str:
