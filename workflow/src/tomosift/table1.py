@@ -35,6 +35,11 @@ def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
+def _cell(text: str, best: bool) -> str:
+    """A table cell, bold when it is the best of its row."""
+    return f"<td><b>{text}</b></td>" if best else f"<td>{text}</td>"
+
+
 def _packaged_table(name: str) -> pd.DataFrame:
     """A TSV of the package's data folder (``#`` lines are comments), all columns as text."""
     text = resources.files("tomosift").joinpath(f"data/{name}").read_text()
@@ -50,7 +55,8 @@ def paper_table1() -> pd.DataFrame:
 
 def recorded_table1() -> pd.DataFrame:
     """tomosift's recorded full-size runs in long form: setting (paper|realistic), noise,
-    level, measured_snr, tilt_max_deg, method, accuracy, per_class, epochs, machine, date."""
+    level, measured_snr, tilt_max_deg, method, architecture, accuracy, per_class, epochs,
+    machine, date."""
     return _packaged_table("recorded_table1.tsv").astype(
         {"level": float, "measured_snr": float, "tilt_max_deg": float, "accuracy": float,
          "per_class": int, "epochs": int})
@@ -81,11 +87,12 @@ def render_recorded_html(recorded: pd.DataFrame) -> str:
                 ours = by_method.loc[method, "accuracy"]
                 text = f"{ours:.3f}"
                 if setting == "paper":
-                    # a named variant (dsrf3d-bin2) beside the paper's model it varies
-                    reference = paper.get((level, tilt, method.split("-bin")[0]))
+                    # a named variant beside the paper's model of its architecture
+                    architecture = by_method.loc[method, "architecture"]
+                    reference = paper.get((level, tilt, architecture))
                     if reference is not None:
                         text += f" ({reference:.3f})"
-                cells.append(f"<td><b>{text}</b></td>" if ours == best else f"<td>{text}</td>")
+                cells.append(_cell(text, ours == best))
             first = group.iloc[0]
             label = f"{first['noise']}, ±{tilt:g}°"
             if setting == "realistic":
@@ -186,7 +193,7 @@ def render_html(frame: pd.DataFrame, path: str | os.PathLike) -> None:
                     text += f" ({paper:.3f})"
                 elif measured is not None and measured == measured:
                     text += f" <small>SNR {measured:.2g}</small>"
-                cells.append(f"<td><b>{text}</b></td>" if ours == best else f"<td>{text}</td>")
+                cells.append(_cell(text, ours == best))
         body.append(f"<tr><th>{html.escape(label)}</th>{''.join(cells)}</tr>")
     classes = int(frame["n_classes"].max()) if len(frame) else 0
     n_test = int(frame["n_test"].max()) if len(frame) else 0
