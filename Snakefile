@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/densities.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/classify.smk"
+include: "workflow/rules/discovery.smk"
 
 
 rule all:

@@ -34,11 +34,20 @@ classification:
   precision: float32
   models:
     dsrf3d-bin2: {architecture: dsrf3d, input_binning: 2}
+leave_one_out:
+  enabled: true
+  noise_level: 0.5
+  classes: [prx]
+  models: [dsrf3d-bin2]
+  k: 3
+  classes3d: 2
+  iterations: 1
+  embedding_points: 12
 """
 TAGS = ("snr0.5_tilt60", "snr0.05_tilt60")
 # Timings make metrics and model files differ from run to run; everything else is compared
 # byte for byte.
-TIMED = ("logs", "benchmarks", "classification", "table1")
+TIMED = ("logs", "benchmarks", "classification", "table1", "leave_one_out/models")
 
 
 def snakemake(workdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -92,6 +101,27 @@ def test_outputs_of_a_run(finished_run):
     assert variant["method"] == "dsrf3d-bin2" and variant["architecture"] == "dsrf3d"
     assert variant["settings"]["input_binning"] == 2
     assert (results / "classification/snr0.05_tilt60/rif-svm/confusion.png").exists()
+
+
+def test_leave_one_out_outputs(finished_run):
+    results = finished_run / "results/leave_one_out"
+    summary = pd.read_csv(results / "summary.tsv", sep="\t")
+    assert list(summary.columns[:10]) == ["class", "features", "model", "cluster_size",
+                                          "fraction_in_cluster", "fraction_in_class",
+                                          "resolution_nm", "success", "average", "truth"]
+    assert list(summary["features"]) == ["dsrf3d-bin2", "rif", "posenorm"]
+    assert set(summary["class"]) == {"prx"}
+    assert summary["fraction_in_cluster"].between(0, 1).all()
+    assert (summary["resolution_nm"] > 0).all()
+    model = load_model(results / "models/dsrf3d-bin2/without_prx.pt")
+    assert "prx" not in model["class_names"] and len(model["class_names"]) == 3
+    for row in summary.itertuples():
+        assert Path(finished_run / row.average).exists()
+    successes = pd.read_csv(results / "successes.tsv", sep="\t")
+    assert list(successes["classes"]) == [1, 1, 1]
+    for figure in ("fig4_recovered.png", "figS1_cluster_sizes.png", "fig2_embedding.png"):
+        assert (results / "figures" / figure).stat().st_size > 5000
+    assert "Table S2" in (results / "table_s2.html").read_text()
 
 
 def test_report_is_written(finished_run):

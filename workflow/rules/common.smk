@@ -2,12 +2,13 @@
 
 import math
 import re
+from argparse import Namespace
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from tomosift.config import load_yaml, validate_config
-from tomosift.datasets import grid_points, imaging_params as config_imaging_params
+from tomosift.datasets import grid_point_tag, grid_points, imaging_params as config_imaging_params
 from tomosift.datasets import plan_from_params, simulation_params as config_simulation_params
 from tomosift.errors import TomosiftError
 from tomosift.recipe import method_architecture, method_settings
@@ -178,6 +179,99 @@ def metric_files(wildcards=None):
     )
 
 
+# -- discovery (leave-one-out) --------------------------------------------------------------
+
+LOO = config["leave_one_out"]
+LOO_DIR = "results/leave_one_out"
+LOO_CLASSES = LOO["classes"] or NAMES
+LOO_MODELS = LOO["models"] if "cnn" in LOO["features"] else []
+LOO_FREE = [source for source in LOO["features"] if source != "cnn"]
+LOO_FEATURES = [*LOO_MODELS, *LOO_FREE]
+
+
+def _check_leave_one_out():
+    tag = grid_point_tag(SIM["noise_model"], LOO["noise_level"], LOO["tilt_max_deg"])
+    if tag not in DATASETS:
+        raise WorkflowError(
+            f"{CONFIG_SOURCE}: leave_one_out noise_level {LOO['noise_level']:g} / tilt "
+            f"{LOO['tilt_max_deg']:g} is not a grid point of simulation ({', '.join(DATASETS)})"
+        )
+    unknown = [name for name in LOO_CLASSES if name not in SPEC_BY_NAME]
+    if unknown:
+        raise WorkflowError(f"{CONFIG_SOURCE}: leave_one_out classes: unknown {', '.join(unknown)}")
+    try:
+        for model in LOO_MODELS:
+            method_settings(CLASSIFY, model)
+    except TomosiftError as error:
+        raise WorkflowError(f"{CONFIG_SOURCE}: leave_one_out models: {error}") from None
+    return tag
+
+
+LOO_DATASET = _check_leave_one_out() if LOO["enabled"] else None
+
+
+def loo_train_params(wildcards):
+    """The method's resolved settings, with the left-out class excluded from training."""
+    return {**method_settings(CLASSIFY, wildcards.method), "exclude_classes": [wildcards.name]}
+
+
+def loo_gpus(wildcards=None):
+    return CLASSIFY["gpus"]
+
+
+def loo_training_runtime_min(wildcards):
+    return training_runtime_min(Namespace(dataset=LOO_DATASET, method=wildcards.method))
+
+
+def loo_features_file(wildcards):
+    if wildcards.features in LOO_FREE:
+        return f"{LOO_DIR}/features/{wildcards.features}.h5"
+    return f"{LOO_DIR}/features/{wildcards.features}/without_{wildcards.name}.h5"
+
+
+def loo_clusters_file(wildcards):
+    if wildcards.features in LOO_FREE:
+        return f"{LOO_DIR}/clusters/{wildcards.features}.tsv"
+    return f"{LOO_DIR}/clusters/{wildcards.features}/without_{wildcards.name}.tsv"
+
+
+def loo_recovery_params(wildcards=None):
+    return {key: LOO[key] for key in ("k", "iterations", "success_nm", "max_members")} | {
+        "classes": LOO["classes3d"],
+        "seed": config["seed"],
+    }
+
+
+def loo_rows(wildcards=None):
+    return expand(
+        f"{LOO_DIR}/recovered/{{features}}/{{name}}/row.json",
+        features=LOO_FEATURES,
+        name=LOO_CLASSES,
+    )
+
+
+def loo_view_inputs(wildcards=None):
+    """Feature and cluster files of the first left-out class, one per source (Figs. 2, S1)."""
+    first = Namespace(name=LOO_CLASSES[0])
+    return {
+        "features": [loo_features_file(Namespace(**vars(first), features=f)) for f in LOO_FEATURES],
+        "clusters": [loo_clusters_file(Namespace(**vars(first), features=f)) for f in LOO_FEATURES],
+    }
+
+
+def loo_targets():
+    if not LOO["enabled"]:
+        return []
+    return [
+        f"{LOO_DIR}/summary.tsv",
+        f"{LOO_DIR}/successes.tsv",
+        f"{LOO_DIR}/table_s2.html",
+        f"{LOO_DIR}/figures/fig4_recovered.png",
+        f"{LOO_DIR}/figures/figS1_cluster_sizes.png",
+        f"{LOO_DIR}/figures/fig2_embedding.png",
+    ]
+
+
 # -- targets --------------------------------------------------------------------------------
 
 
@@ -193,4 +287,5 @@ def all_targets():
         "results/table1.tsv",
         "results/table1.html",
         "results/figures/table1_heatmap.png",
+        *loo_targets(),
     ]

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=recipe.threads)
     train.add_argument("--input-binning", type=int, default=recipe.input_binning,
                        help="Fourier-bin subtomograms by this factor first (2: 40³ -> 20³)")
+    train.add_argument("--exclude-class", action="append", default=[], metavar="NAME",
+                       help="leave this class out of training (repeatable; leave-one-out)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="test a model on a dataset split")
@@ -129,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("source")
     _add_source_options(resolve)
     resolve.set_defaults(handler=_resolve)
+
+    from tomosift.discovery.commands import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -280,6 +286,7 @@ def _train(args) -> None:
         learning_rate=args.learning_rate, lr_decay=args.lr_decay, augment=args.augment,
         dropout=args.dropout, normalise=args.normalise, seed=args.seed, device=args.device,
         threads=args.threads, precision=args.precision, input_binning=args.input_binning,
+        exclude_classes=tuple(args.exclude_class),
     )
     history = train_cnn(args.data, settings, args.out)
     last = history[-1]

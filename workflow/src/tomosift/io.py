@@ -132,3 +132,26 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def relion_optics(voxel_size_nm: float, box_voxels: int):
+    """The RELION optics block of 3D subtomograms: one optics group at this voxel size."""
+    import pandas as pd
+
+    return pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                         "rlnImagePixelSize": [voxel_size_nm * ANGSTROM_PER_NM],
+                         "rlnImageSize": [int(box_voxels)], "rlnImageDimensionality": [3]})
+
+
+def write_star(path: str | os.PathLike, blocks: dict) -> None:
+    """Write STAR data blocks (name -> DataFrame) with the ``starfile`` package, atomically.
+
+    starfile heads its files with the time of writing; that line is replaced by a fixed one so
+    that the same tables give the same bytes.
+    """
+    import starfile
+
+    lines = starfile.to_string(blocks).splitlines()
+    lines = [f"# written by tomosift {__version__}" if line.startswith("# Created by") else line
+             for line in lines]
+    write_text(path, "\n".join(lines) + "\n")

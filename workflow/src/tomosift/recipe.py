@@ -25,6 +25,9 @@ class TrainingSettings:
     each subtomogram by this factor before it enters the network (40³ -> 20³ for 2), keeping
     only the frequencies below 1/factor of Nyquist; see
     :func:`tomosift.classify.inputs.fourier_bin`.
+
+    ``exclude_classes``: classes whose particles are left out of training (the leave-one-out
+    experiment); the network then has one output per remaining class.
     """
 
     architecture: str = "inception3d"
@@ -42,6 +45,7 @@ class TrainingSettings:
     precision: str = "auto"
     clip_grad_norm: float | None = 1.0
     input_binning: int = 1
+    exclude_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

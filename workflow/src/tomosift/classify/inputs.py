@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +41,14 @@ class SplitData:
     attrs: dict = field(default_factory=dict)
 
 
-def read_split(path: str | os.PathLike, split: str = "train") -> SplitData:
-    """Which particles form a split (``train``, ``test`` or ``all``) of a dataset file."""
+def read_split(path: str | os.PathLike, split: str = "train",
+               exclude_classes: Sequence[str] = ()) -> SplitData:
+    """Which particles form a split (``train``, ``test`` or ``all``) of a dataset file.
+
+    ``exclude_classes`` (the leave-one-out experiment): drop every particle of these classes;
+    the remaining classes are renumbered 0 .. C' - 1 in their original order and
+    ``class_names`` lists only them.
+    """
     path = Path(path)
     with open_dataset(path) as h5:
         labels = h5["labels"][()].astype(np.int64)
@@ -55,9 +62,20 @@ def read_split(path: str | os.PathLike, split: str = "train") -> SplitData:
         chosen = np.flatnonzero(splits == split)
     else:
         raise TomosiftError(f"split must be train, test or all, not '{split}'")
+    chosen_labels = labels[chosen]
+    if exclude_classes:
+        unknown = sorted(set(exclude_classes) - set(names))
+        if unknown:
+            raise TomosiftError(f"{path}: no class {', '.join(unknown)} to exclude")
+        kept = [i for i, name in enumerate(names) if name not in set(exclude_classes)]
+        renumber = np.full(len(names), -1, dtype=np.int64)
+        renumber[kept] = np.arange(len(kept))
+        keep = renumber[chosen_labels] >= 0
+        chosen, chosen_labels = chosen[keep], renumber[chosen_labels[keep]]
+        names = [names[i] for i in kept]
     if len(chosen) == 0:
         raise TomosiftError(f"{path}: the {split} split is empty")
-    return SplitData(path, chosen, labels[chosen], names, box, attrs)
+    return SplitData(path, chosen, chosen_labels, names, box, attrs)
 
 
 def plain(value):

@@ -26,6 +26,7 @@ or a line every 30 s in a log.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -131,7 +132,7 @@ def train_cnn(
 
 def _train_cnn(data_path, settings: TrainingSettings, out_path: Path, checkpoint_path: Path,
                progress: bool, stop_after_epochs: int | None, method: str | None):
-    data = read_split(data_path, "train")
+    data = read_split(data_path, "train", settings.exclude_classes)
     device = choose_device(settings.device)
     torch.manual_seed(settings.seed)
     try:
@@ -240,6 +241,9 @@ def _trained_on(data: SplitData) -> dict:
         "class_names": data.class_names,
         "box_voxels": data.box_voxels,
         "trained_on": {"path": str(data.path), "n_train": len(data.indices),
+                       "train_indices_sha256": hashlib.sha256(
+                           np.ascontiguousarray(data.indices, dtype=np.int64).tobytes()
+                       ).hexdigest(),
                        **{k: plain(data.attrs.get(k)) for k in (
                            "noise_model", "snr", "dose_e_per_a2", "tilt_max_deg", "seed",
                            "reconstruction", "voxel_size_nm") if k in data.attrs}},
@@ -332,6 +336,7 @@ def train_method(
             settings.get("c_grid"), settings.get("gamma_grid"), settings.get("cv_folds", 3),
             seed, progress, threads,
         )
+    settings = {**settings, "exclude_classes": tuple(settings.get("exclude_classes", ()))}
     training = TrainingSettings(**settings, seed=seed, threads=threads, device=device)
     return train_cnn(data_path, training, out_path, checkpoint_path, progress, method=method)
 

@@ -1,0 +1,111 @@
+"""Discovery plumbing: leave-one-out training, features, clustering, the CLI verbs."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tomosift.classify.inputs import read_split
+from tomosift.classify.modelfile import load_model
+from tomosift.classify.train import train_cnn
+from tomosift.cli import main
+from tomosift.datasets import DatasetPlan, simulate_shard
+from tomosift.density import DensitySettings, make_density
+from tomosift.discovery.cluster import agreement, kmeans
+from tomosift.discovery.features import compute_features, read_features, write_features
+from tomosift.errors import TomosiftError
+from tomosift.recipe import TrainingSettings
+
+BOX = 24
+NAMES = ("3hhb", "1bxn", "3gl1", "1qvr")
+
+
+@pytest.fixture(scope="module")
+def clean_dataset(tmp_path_factory, structure_path):
+    """Four complexes at SNR 1000 in a 24³ box, 20 subtomograms each (10 train, 10 test)."""
+    from tomosift.simulate.tomography import SimulationSettings
+
+    grid = DensitySettings(box_voxels=BOX)
+    maps = [make_density(structure_path(name), grid)[0] for name in NAMES]
+    plan = DatasetPlan(NAMES, per_class=20, snr=1000.0, empty_class=False, max_shift_voxels=1.0)
+    path = tmp_path_factory.mktemp("clean") / "clean.h5"
+    simulate_shard(maps, plan, SimulationSettings(box_voxels=BOX), 0, plan.n_particles, path,
+                   progress=False)
+    return path
+
+
+SETTINGS = TrainingSettings(architecture="dsrf3d", epochs=8, batch_size=8, precision="float32",
+                            threads=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model_without_1bxn(clean_dataset, tmp_path_factory):
+    path = tmp_path_factory.mktemp("loo") / "without_1bxn.pt"
+    train_cnn(clean_dataset, replace(SETTINGS, exclude_classes=("1bxn",)), path, progress=False)
+    return path
+
+
+def test_excluded_class_is_never_seen_in_training(clean_dataset, model_without_1bxn):
+    everything = read_split(clean_dataset, "train")
+    left_out = everything.class_names.index("1bxn")
+    kept = everything.indices[everything.labels != left_out]
+    split = read_split(clean_dataset, "train", exclude_classes=("1bxn",))
+    assert split.class_names == ["3hhb", "3gl1", "1qvr"]
+    assert np.array_equal(split.indices, kept) and split.labels.max() == 2
+    model = load_model(model_without_1bxn)
+    assert model["class_names"] == ["3hhb", "3gl1", "1qvr"]
+    assert model["settings"]["exclude_classes"] == ["1bxn"]
+    assert model["trained_on"]["n_train"] == len(kept) == 30
+    assert model["trained_on"]["train_indices_sha256"] == hashlib.sha256(
+        kept.astype(np.int64).tobytes()).hexdigest()
+    assert model["state_dict"]["classifier.weight"].shape[0] == 3
+    with pytest.raises(TomosiftError, match="no class nope to exclude"):
+        read_split(clean_dataset, "train", exclude_classes=("nope",))
+
+
+def test_kmeans_of_cnn_features_is_pure_at_high_snr(clean_dataset, tmp_path):
+    model = tmp_path / "all.pt"
+    train_cnn(clean_dataset, SETTINGS, model, progress=False)
+    features = compute_features("cnn", clean_dataset, model, split="test", device="cpu",
+                                threads=2, progress=False)
+    assert features.features.shape == (40, 4) and features.max_softmax.shape == (40,)
+    clusters, _ = kmeans(features.features, 4, seed=1)
+    assert agreement(features.labels, clusters)["purity"] >= 0.8
+
+
+def test_feature_files_round_trip_and_sources(clean_dataset, model_without_1bxn, tmp_path):
+    cnn = compute_features("cnn", clean_dataset, model_without_1bxn, layer="hidden",
+                           device="cpu", threads=2, progress=False)
+    assert cnn.features.shape[0] == 80 and cnn.features.shape[1] > 3
+    assert set(cnn.splits) == {"train", "test"}
+    assert cnn.attrs["training_classes"] == ["3hhb", "3gl1", "1qvr"]
+    write_features(tmp_path / "f.h5", cnn)
+    back = read_features(tmp_path / "f.h5")
+    assert np.array_equal(back.features, cnn.features)
+    assert np.array_equal(back.indices, cnn.indices) and back.class_names == list(NAMES)
+    rif = compute_features("rif", clean_dataset, split="test", progress=False)
+    pose = compute_features("posenorm", clean_dataset, split="test", progress=False)
+    for feature_set in (rif, pose):
+        clusters, _ = kmeans(feature_set.features, 4, seed=1)
+        assert agreement(feature_set.labels, clusters)["purity"] > 0.5  # chance: 0.25
+    with pytest.raises(TomosiftError, match="need a model"):
+        compute_features("cnn", clean_dataset)
+
+
+def test_cli_features_and_cluster(clean_dataset, tmp_path, capsys):
+    assert main(["features", "--data", str(clean_dataset), "--source", "rif", "--split",
+                 "test", "--out", str(tmp_path / "rif.h5")]) == 0
+    assert main(["cluster", "--features", str(tmp_path / "rif.h5"), "--k", "4", "--out",
+                 str(tmp_path / "c.tsv")]) == 0
+    out = capsys.readouterr().out
+    assert "40 subtomograms in 4 clusters" in out and "purity" in out
+    table = pd.read_csv(tmp_path / "c.tsv", sep="\t")
+    assert list(table.columns) == ["index", "cluster", "label", "class"] and len(table) == 40
+    assert main(["cluster", "--features", str(tmp_path / "rif.h5"), "--k", "41", "--out",
+                 str(tmp_path / "d.tsv")]) == 2
+    assert "k = 41 clusters for N = 40" in capsys.readouterr().err
+    assert not (tmp_path / "d.tsv").exists()

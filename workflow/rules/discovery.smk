@@ -1,0 +1,199 @@
+# Stage 4: discovery. The leave-one-out experiment (paper Section 3.3): train without a class,
+# cluster the test split's features, classify and average the most enriched cluster, FSC
+# against the true density. RIF and pose-normalised features need no training.
+
+
+wildcard_constraints:
+    source="rif|posenorm",
+    features="|".join(re.escape(f) for f in LOO_FEATURES) or "none",
+
+
+rule loo_train:
+    input:
+        data=f"results/datasets/{LOO_DATASET}.h5",
+    output:
+        f"{LOO_DIR}/models/{{method}}/without_{{name}}.pt",
+    log:
+        f"{LOGS}/leave_one_out/train/{{method}}/without_{{name}}.log",
+    params:
+        settings=loo_train_params,
+        seed=config["seed"],
+        checkpoint=f"results/checkpoints/leave_one_out/{{method}}/without_{{name}}.ckpt",
+    threads: CLASSIFY["threads"]
+    resources:
+        gpu=loo_gpus,
+        device=CLASSIFY["device"],
+        mem_mb=8000,
+        runtime=loo_training_runtime_min,
+    benchmark:
+        f"results/benchmarks/leave_one_out/train/{{method}}/without_{{name}}.tsv"
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule loo_cnn_features:
+    input:
+        model=f"{LOO_DIR}/models/{{method}}/without_{{name}}.pt",
+        data=f"results/datasets/{LOO_DATASET}.h5",
+    output:
+        f"{LOO_DIR}/features/{{method}}/without_{{name}}.h5",
+    log:
+        f"{LOGS}/leave_one_out/features/{{method}}/without_{{name}}.log",
+    params:
+        source="cnn",
+        layer=LOO["layer"],
+    threads: CLASSIFY["threads"]
+    resources:
+        gpu=loo_gpus,
+        device=CLASSIFY["device"],
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/features.py"
+
+
+rule loo_free_features:
+    input:
+        data=f"results/datasets/{LOO_DATASET}.h5",
+    output:
+        f"{LOO_DIR}/features/{{source}}.h5",
+    log:
+        f"{LOGS}/leave_one_out/features/{{source}}.log",
+    params:
+        source="{source}",
+        layer=LOO["layer"],
+    threads: LOO["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    benchmark:
+        f"results/benchmarks/leave_one_out/features/{{source}}.tsv"
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/features.py"
+
+
+rule loo_cnn_clusters:
+    input:
+        f"{LOO_DIR}/features/{{method}}/without_{{name}}.h5",
+    output:
+        f"{LOO_DIR}/clusters/{{method}}/without_{{name}}.tsv",
+    log:
+        f"{LOGS}/leave_one_out/clusters/{{method}}/without_{{name}}.log",
+    params:
+        k=LOO["k"],
+        seed=config["seed"],
+    threads: LOO["threads"]
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/test_clusters.py"
+
+
+rule loo_free_clusters:
+    input:
+        f"{LOO_DIR}/features/{{source}}.h5",
+    output:
+        f"{LOO_DIR}/clusters/{{source}}.tsv",
+    log:
+        f"{LOGS}/leave_one_out/clusters/{{source}}.log",
+    params:
+        k=LOO["k"],
+        seed=config["seed"],
+    threads: LOO["threads"]
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/test_clusters.py"
+
+
+rule loo_recover:
+    input:
+        data=f"results/datasets/{LOO_DATASET}.h5",
+        features=loo_features_file,
+        clusters=loo_clusters_file,
+        truth="results/densities/{name}.mrc",
+    output:
+        row=f"{LOO_DIR}/recovered/{{features}}/{{name}}/row.json",
+        average=f"{LOO_DIR}/recovered/{{features}}/{{name}}/oracle/average_on_truth.mrc",
+        fsc=report(
+            f"{LOO_DIR}/recovered/{{features}}/{{name}}/oracle/fsc.png",
+            caption="../report/loo_fsc.rst",
+            category="4. Discovery",
+            subcategory="FSC against the truth",
+            labels={"features": "{features}", "left out": "{name}"},
+        ),
+    log:
+        f"{LOGS}/leave_one_out/recover/{{features}}/{{name}}.log",
+    params:
+        settings=loo_recovery_params,
+        out_dir=f"{LOO_DIR}/recovered/{{features}}/{{name}}",
+    threads: LOO["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    benchmark:
+        f"results/benchmarks/leave_one_out/recover/{{features}}/{{name}}.tsv"
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/leave_one_out.py"
+
+
+rule loo_summary:
+    input:
+        unpack(loo_view_inputs),
+        rows=loo_rows(),
+    output:
+        summary=report(
+            f"{LOO_DIR}/summary.tsv",
+            caption="../report/loo_summary.rst",
+            category="4. Discovery",
+            labels={"view": "Table S2 (TSV)"},
+        ),
+        successes=report(
+            f"{LOO_DIR}/successes.tsv",
+            caption="../report/loo_successes.rst",
+            category="4. Discovery",
+            labels={"view": "successes per feature source"},
+        ),
+        html=report(
+            f"{LOO_DIR}/table_s2.html",
+            caption="../report/loo_summary.rst",
+            category="4. Discovery",
+            labels={"view": "Table S2"},
+        ),
+        fig4=report(
+            f"{LOO_DIR}/figures/fig4_recovered.png",
+            caption="../report/loo_fig4.rst",
+            category="4. Discovery",
+            labels={"view": "Fig. 4: true vs recovered"},
+        ),
+        figS1=report(
+            f"{LOO_DIR}/figures/figS1_cluster_sizes.png",
+            caption="../report/loo_figS1.rst",
+            category="4. Discovery",
+            labels={"view": "Fig. S1: cluster sizes"},
+        ),
+        fig2=report(
+            f"{LOO_DIR}/figures/fig2_embedding.png",
+            caption="../report/loo_fig2.rst",
+            category="4. Discovery",
+            labels={"view": "Fig. 2: t-SNE"},
+        ),
+    log:
+        f"{LOGS}/leave_one_out/summary.log",
+    params:
+        feature_names=LOO_FEATURES,
+        held_out=LOO_CLASSES[0],
+        embedding_points=LOO["embedding_points"],
+        seed=config["seed"],
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/leave_one_out_summary.py"

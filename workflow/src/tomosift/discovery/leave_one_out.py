@@ -1,0 +1,381 @@
+"""The leave-one-out experiment (paper Section 3.3, Table S2, Fig. 4): can a structure that
+was never in the training data be recovered from the subdivision?
+
+For each left-out class C and feature source (a CNN trained without C, RIF or pose
+normalisation):
+
+1. features of the whole test split; k-means with k clusters (:mod:`.cluster`);
+2. the cluster where C is most enriched (:func:`.cluster.most_enriched_cluster`: the paper's
+   oracle choice, made with the true labels);
+3. reference-free classification of its members (:mod:`.classify3d`), and the class whose
+   members are most enriched in C;
+4. that class average aligned onto C's true density (noise- and wedge-free) and the FSC
+   between them (:mod:`.fsc`); success when the 0.5-cutoff resolution is at or below the
+   cutoff (7 nm).
+
+Without the oracle (tomosift's addition): a user cannot pick the cluster by the true labels.
+:func:`novelty_scores` ranks clusters by how far their centroid lies from every training
+class's centroid in the same feature space (in units of the training classes' typical
+spread), so the most novel-looking cluster is the user's first candidate; steps 3 and 4 then
+run on it, and the summary says where the oracle's cluster ranked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tomosift.discovery.cluster import (
+    enrichment,
+    kmeans,
+    most_enriched_cluster,
+    read_cluster_table,
+    write_cluster_table,
+)
+from tomosift.discovery.features import FeatureSet
+from tomosift.errors import TomosiftError
+from tomosift.io import atomic_path, write_mrc
+
+SUMMARY_COLUMNS = ("class", "features", "model", "cluster_size", "fraction_in_cluster",
+                   "fraction_in_class", "resolution_nm", "success", "average", "truth")
+PAPER_SUCCESSES = {"inception3d": 16, "dsrf3d": 18}  # of 22, paper Table S2
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """Settings of one recovery (defaults: the paper's protocol).
+
+    ``max_members``: classify at most this many members of a cluster (a seeded random subset;
+    None = all, as the paper did) to bound the time on large clusters.
+    """
+
+    k: int = 100
+    classes: int = 3
+    iterations: int = 5
+    success_nm: float = 7.0
+    seed: int = 1
+    max_members: int | None = None
+
+
+def cluster_test_split(feature_set: FeatureSet, k: int, seed: int) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+    """k-means of the test split's features: (rows of the feature set, cluster (N_test,))."""
+    rows = feature_set.rows("test")
+    if len(rows) == 0:
+        raise TomosiftError(f"{feature_set.attrs.get('data', 'features')}: no test particles")
+    labels, _ = kmeans(feature_set.features[rows], min(k, len(rows)), seed)
+    return rows, labels
+
+
+def write_test_clusters(path: str | os.PathLike, feature_set: FeatureSet, k: int,
+                        seed: int) -> None:
+    """Cluster the test split and write the table (dataset index, cluster, label, class)."""
+    rows, clusters = cluster_test_split(feature_set, k, seed)
+    write_cluster_table(path, feature_set.indices[rows], clusters, feature_set.labels[rows],
+                        feature_set.class_names)
+
+
+def novelty_scores(feature_set: FeatureSet, clusters: pd.DataFrame,
+                   training_classes: Sequence[str]) -> pd.DataFrame:
+    """How novel each test cluster looks: the distance of its centroid from the nearest
+    training class's centroid (train split, classes the model was trained on), divided by the
+    median within-class spread (root mean squared distance to the class centroid).
+
+    Returns one row per cluster: ``cluster``, ``size``, ``novelty``, ``rank`` (1 = most novel),
+    and for CNN features ``mean_max_softmax``.
+    """
+    names = feature_set.class_names
+    train = feature_set.rows("train")
+    trained = [names.index(n) for n in training_classes if n in names]
+    centroids, spreads = [], []
+    for label in trained:
+        members = feature_set.features[train[feature_set.labels[train] == label]]
+        if len(members):
+            centroid = members.mean(axis=0)
+            centroids.append(centroid)
+            spreads.append(np.sqrt(np.mean(np.sum((members - centroid) ** 2, axis=1))))
+    if not centroids:
+        raise TomosiftError("no training-class particles in the train split to compare with")
+    centroids = np.stack(centroids)
+    scale = max(float(np.median(spreads)), 1e-12)
+    row_of = {int(index): row for row, index in enumerate(feature_set.indices)}
+    records = []
+    for cluster, group in clusters.groupby("cluster", sort=True):
+        rows = np.array([row_of[int(i)] for i in group["index"]])
+        centre = feature_set.features[rows].mean(axis=0)
+        record = {"cluster": int(cluster), "size": len(rows),
+                  "novelty": float(np.min(np.linalg.norm(centroids - centre, axis=1)) / scale)}
+        if feature_set.max_softmax is not None:
+            record["mean_max_softmax"] = float(feature_set.max_softmax[rows].mean())
+        records.append(record)
+    table = pd.DataFrame(records).sort_values(["novelty", "cluster"], ascending=[False, True])
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table.sort_values("cluster").reset_index(drop=True)
+
+
+@dataclass
+class Recovery:
+    """What one recovery found."""
+
+    cluster: int
+    cluster_size: int
+    fraction_in_cluster: float
+    fraction_in_class: float
+    chosen_class: int  # 1-based class of the reference-free classification
+    class_size: int
+    class_fraction: float  # fraction of C among the chosen class's members
+    resolution_nm: float
+    resolution_0143_nm: float
+    success: bool
+
+
+def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, cluster: int,
+                         target: int, truth: np.ndarray, out_dir: str | os.PathLike,
+                         settings: RecoverySettings, progress: bool = True) -> Recovery:
+    """Steps 3-4 of the protocol on one cluster; writes the classification, the chosen average
+    aligned onto the truth (``average_on_truth.mrc``) and the FSC (``fsc.tsv``, ``fsc.png``)."""
+    from tomosift.discovery.align import align
+    from tomosift.discovery.classify3d import (
+        ClassifySettings,
+        classify,
+        write_classification,
+    )
+    from tomosift.discovery.fsc import compute_fsc, plot_fsc, write_fsc_table
+    from tomosift.discovery.particles import from_dataset
+    from tomosift.discovery.rotations import transform_volume
+
+    out = Path(out_dir)
+    table = enrichment(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(), target)
+    row = table[table["cluster"] == cluster].iloc[0]
+    members = clusters["index"].to_numpy()[clusters["cluster"].to_numpy() == cluster]
+    if settings.max_members and len(members) > settings.max_members:
+        rng = np.random.default_rng(settings.seed)
+        members = np.sort(rng.choice(members, settings.max_members, replace=False))
+    particles = from_dataset(data_path, np.sort(members))
+    tilt_min, tilt_max = particles.tilt_range_deg
+    classify_settings = ClassifySettings(min(settings.classes, len(members)),
+                                         settings.iterations, tilt_min, tilt_max, settings.seed)
+    result = classify(particles.volumes, classify_settings, progress)
+    names = particles.class_names
+    write_classification(out / "classification", result, particles.ids, particles.voxel_size_nm,
+                         [names[i] for i in particles.labels])
+    is_target = particles.labels == target
+    best, best_key = 0, (-1.0, -1)
+    for c in range(len(result.averages)):
+        in_class = result.classes == c
+        key = (float(is_target[in_class].mean()) if in_class.any() else 0.0,
+               int(is_target[in_class].sum()))
+        if key > best_key:
+            best, best_key = c, key
+    chosen = result.averages[best]
+    observed = (result.summed_masks[best] >= classify_settings.mask_threshold
+                * max(int(np.sum(result.classes == best)), 1)).astype(np.float32)
+    alignment = align(truth, chosen, None, observed)
+    on_truth = transform_volume(chosen, alignment.rotation, alignment.shift_voxels)
+    write_mrc(out / "average_on_truth.mrc", on_truth, particles.voxel_size_nm)
+    fsc = compute_fsc(truth, on_truth, particles.voxel_size_nm)
+    write_fsc_table(out / "fsc.tsv", fsc.shells, fsc.fsc, fsc.box_voxels, fsc.voxel_size_nm)
+    plot_fsc(out / "fsc.png", {"recovered vs truth": (fsc.shells, fsc.fsc)}, fsc.box_voxels,
+             fsc.voxel_size_nm, fsc.summary_line())
+    return Recovery(
+        cluster=int(cluster), cluster_size=int(row["size"]),
+        fraction_in_cluster=float(row["fraction_in_cluster"]),
+        fraction_in_class=float(row["fraction_in_class"]), chosen_class=best + 1,
+        class_size=int(np.sum(result.classes == best)), class_fraction=best_key[0],
+        resolution_nm=float(fsc.resolution_05_nm),
+        resolution_0143_nm=float(fsc.resolution_0143_nm),
+        success=bool(fsc.resolution_05_nm <= settings.success_nm))
+
+
+def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
+              clusters_path: str | os.PathLike, target_class: str,
+              truth_path: str | os.PathLike, out_dir: str | os.PathLike, features_name: str,
+              settings: RecoverySettings, progress: bool = True) -> dict:
+    """The whole protocol for one left-out class and feature source; writes ``row.json``
+    (one row of the summary) and returns it."""
+    from tomosift.discovery.features import read_features
+    from tomosift.io import read_mrc
+
+    out = Path(out_dir)
+    clusters = read_cluster_table(clusters_path)
+    if "label" not in clusters.columns:
+        raise TomosiftError(f"{clusters_path}: the leave-one-out needs true labels")
+    feature_set = read_features(features_path)
+    names = feature_set.class_names
+    if target_class not in names:
+        raise TomosiftError(f"{features_path}: no class {target_class}")
+    target = names.index(target_class)
+    truth, _ = read_mrc(truth_path)
+    oracle = most_enriched_cluster(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(),
+                                   target)
+    found = recover_from_cluster(data_path, clusters, oracle, target, truth, out / "oracle",
+                                 settings, progress)
+    training = feature_set.attrs.get("training_classes") or [n for n in names
+                                                            if n != target_class]
+    novelty = novelty_scores(feature_set, clusters, training)
+    oracle_rank = int(novelty.loc[novelty["cluster"] == oracle, "rank"].iloc[0])
+    top = int(novelty.sort_values("rank")["cluster"].iloc[0])
+    top_table = enrichment(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(), target)
+    top_fraction = float(top_table.loc[top_table["cluster"] == top,
+                                       "fraction_in_cluster"].sum())
+    if top == oracle:
+        novel = found
+    elif top_fraction > 0:
+        novel = recover_from_cluster(data_path, clusters, top, target, truth, out / "novel",
+                                     settings, progress)
+    else:
+        novel = None
+    average = out / "oracle" / "average_on_truth.mrc"
+    row = {
+        "class": target_class, "features": features_name,
+        "model": feature_set.attrs.get("model_method", features_name),
+        "cluster_size": found.cluster_size, "fraction_in_cluster": found.fraction_in_cluster,
+        "fraction_in_class": found.fraction_in_class, "resolution_nm": found.resolution_nm,
+        "success": found.success, "average": str(average), "truth": str(truth_path),
+        "chosen_class_size": found.class_size, "chosen_class_fraction": found.class_fraction,
+        "resolution_0143_nm": found.resolution_0143_nm,
+        "oracle_novelty_rank": oracle_rank, "n_clusters": len(novelty),
+        "novel_top_fraction_in_cluster": top_fraction,
+        "novel_resolution_nm": novel.resolution_nm if novel else float("nan"),
+        "novel_success": bool(novel.success) if novel else False,
+    }
+    with atomic_path(out / "row.json") as tmp:
+        tmp.write_text(json.dumps({**row, "settings": asdict(settings)}, indent=1) + "\n")
+    return row
+
+
+def summarise(row_paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> pd.DataFrame:
+    """Gather ``row.json`` files into the summary TSV (the paper's Table S2)."""
+    rows = []
+    for path in row_paths:
+        record = json.loads(Path(path).read_text())
+        record.pop("settings", None)
+        rows.append(record)
+    table = pd.DataFrame(rows)
+    ordered = [*SUMMARY_COLUMNS, *[c for c in table.columns if c not in SUMMARY_COLUMNS]]
+    table = table[ordered]
+    with atomic_path(out_path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    return table
+
+
+def success_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per feature source: classes tried, successes with the oracle's cluster and with the
+    most novel cluster, and the paper's count for the same architecture when there is one."""
+    records = []
+    for features, group in table.groupby("features", sort=False):
+        model = str(group["model"].iloc[0])
+        paper = next((v for k, v in PAPER_SUCCESSES.items()
+                      if model.split("-")[0] == k), None)
+        records.append({"features": features, "classes": len(group),
+                        "successes": int(group["success"].sum()),
+                        "successes_without_oracle": int(group["novel_success"].sum()),
+                        "oracle_cluster_ranked_first": int((group["oracle_novelty_rank"] == 1)
+                                                           .sum()),
+                        "paper_successes_of_22": paper})
+    return pd.DataFrame(records)
+
+
+def plot_recovery_panel(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Central slabs (5 voxels, x-y) of each left-out class's true density (top row) and of
+    the average recovered with each feature source (one row per source), as paper Fig. 4."""
+    from tomosift.io import read_mrc
+    from tomosift.plots import plt, save_figure
+
+    if table.empty:
+        raise TomosiftError("no leave-one-out rows to show")
+    classes = list(dict.fromkeys(table["class"]))
+    sources = list(dict.fromkeys(table["features"]))
+    figure, axes = plt.subplots(1 + len(sources), len(classes), squeeze=False,
+                                figsize=(1.25 * len(classes) + 0.9, 1.35 * (1 + len(sources))))
+
+    def show(ax, file):
+        volume, _ = read_mrc(file)
+        c = volume.shape[0] // 2
+        ax.imshow(volume[c - 2 : c + 3].mean(axis=0), cmap="gray", origin="lower")
+
+    for column, name in enumerate(classes):
+        rows = table[table["class"] == name]
+        show(axes[0, column], rows["truth"].iloc[0])
+        axes[0, column].set_title(name, fontsize=7)
+        for line, source in enumerate(sources, start=1):
+            ax = axes[line, column]
+            match = rows[rows["features"] == source]
+            if not match.empty:
+                show(ax, match["average"].iloc[0])
+                row = match.iloc[0]
+                ax.set_xlabel(f"{row['resolution_nm']:.1f} nm {'✓' if row['success'] else '✗'}",
+                              fontsize=6, labelpad=1)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for line, label in enumerate(["truth", *sources]):
+        axes[line, 0].set_ylabel(label, fontsize=7)
+    figure.suptitle("Leave-one-out: true density vs recovered average (central slabs; "
+                    "✓ FSC-0.5 resolution within the cutoff)", fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def _html_table(table: pd.DataFrame, counts: pd.DataFrame) -> str:
+    shown = table.drop(columns=["average", "truth"])
+    return ("<html><head><meta charset='utf-8'><title>Leave-one-out (Table S2)</title></head>"
+            "<body><h2>Successes per feature source</h2>" + counts.to_html(index=False)
+            + "<h2>Per left-out class (paper Table S2)</h2>"
+            + shown.to_html(index=False, float_format=lambda v: f"{v:.3g}")
+            + "</body></html>\n")
+
+
+def write_views(row_paths: Sequence[str | os.PathLike], features: dict[str, str],
+                clusters: dict[str, str], held_out: str, outputs,
+                embedding_points: int = 3000, seed: int = 1) -> pd.DataFrame:
+    """All views of a leave-one-out run: ``summary`` (TSV), ``successes`` (TSV), ``html``
+    (Table S2), ``fig4`` (true vs recovered), ``figS1`` (cluster-size histograms per source,
+    for the first left-out class) and ``fig2`` (t-SNE of each source's test features, the
+    held-out class marked). ``outputs`` maps those names to paths. Returns the counts."""
+    from tomosift.discovery.cluster import plot_cluster_size_histograms
+    from tomosift.discovery.embed import plot_embedding, tsne_2d
+    from tomosift.discovery.features import read_features
+    from tomosift.io import write_text
+    from tomosift.plots import save_figure
+
+    table = summarise(row_paths, outputs["summary"])
+    counts = success_counts(table)
+    with atomic_path(outputs["successes"]) as tmp:
+        counts.to_csv(tmp, sep="\t", index=False)
+    write_text(outputs["html"], _html_table(table, counts))
+    plot_recovery_panel(table, outputs["fig4"])
+    sizes = {name: read_cluster_table(path)["cluster"].value_counts().to_numpy()
+             for name, path in clusters.items()}
+    plot_cluster_size_histograms(outputs["figS1"], sizes,
+                                 f"Cluster sizes of the test split ({held_out} left out)")
+    panels = []
+    for name, path in features.items():
+        feature_set = read_features(path)
+        rows = feature_set.rows("test")
+        xy, chosen = tsne_2d(feature_set.features[rows], seed, max_points=embedding_points)
+        panels.append((name, xy, feature_set.labels[rows][chosen], feature_set.class_names))
+    for name, xy, labels, names in panels:  # one PNG per source, then tiled
+        plot_embedding(Path(outputs["fig2"]).with_name(f"fig2_embedding_{name}.png"), xy,
+                       labels, names, held_out, f"t-SNE of {name} features")
+    _tile_images([Path(outputs["fig2"]).with_name(f"fig2_embedding_{name}.png")
+                  for name, *_ in panels], outputs["fig2"], save_figure)
+    return counts
+
+
+def _tile_images(paths: Sequence[Path], out_path, save_figure) -> None:
+    from tomosift.plots import plt
+
+    images = [plt.imread(p) for p in paths]
+    figure, axes = plt.subplots(1, len(images), figsize=(5.0 * len(images), 5.0), squeeze=False)
+    for ax, image in zip(axes[0], images, strict=True):
+        ax.imshow(image)
+        ax.axis("off")
+    figure.tight_layout()
+    save_figure(figure, out_path)

@@ -1,0 +1,139 @@
+"""Where the subtomograms of the discovery stage come from: a tomosift dataset, a RELION
+particles STAR file or plain MRC files.
+
+All three become a :class:`ParticleSet`: the volumes (in memory: discovery works on clusters
+and subsets, not on millions at once), an identifier per particle, the voxel size and, when
+known, the true class of each particle. Volumes are returned with the particle bright
+(positive density): tomosift datasets recorded with ``polarity: dark`` are negated, MRC and STAR
+inputs are taken as white (RELION's convention) unless ``invert`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tomosift.errors import TomosiftError
+from tomosift.io import read_mrc
+
+
+@dataclass
+class ParticleSet:
+    """Subtomograms of one source.
+
+    Attributes:
+        volumes: (N, n, n, n) float32, particles bright.
+        ids: (N,) identifiers: dataset indices (as strings) or file paths.
+        voxel_size_nm: voxel edge.
+        labels: (N,) true class indices, or None.
+        class_names: names of the label indices (empty when unknown).
+        tilt_range_deg: the tilt range the dataset records, or None (then the caller's).
+    """
+
+    volumes: np.ndarray
+    ids: list[str]
+    voxel_size_nm: float
+    labels: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+    tilt_range_deg: tuple[float, float] | None = None
+    indices: np.ndarray | None = None  # dataset indices, for datasets
+
+
+def from_dataset(path: str | os.PathLike, indices: Sequence[int] | None = None,
+                 split: str | None = None) -> ParticleSet:
+    """Particles of a tomosift dataset: ``indices`` (any order), or a whole split."""
+    from tomosift.classify.inputs import read_split
+    from tomosift.datasets import class_names_of, open_dataset
+
+    if indices is None:
+        indices = read_split(path, split or "all").indices
+    indices = np.asarray(indices, dtype=np.int64)
+    with open_dataset(path) as h5:
+        dataset = h5["volumes"]
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(dataset)):
+            raise TomosiftError(f"{path}: particle indices must lie in [0, {len(dataset)})")
+        volumes = np.empty((len(indices), *dataset.shape[1:]), dtype=np.float32)
+        for row, index in enumerate(indices):
+            volumes[row] = dataset[int(index)]
+        labels = h5["labels"][()][indices].astype(np.int64)
+        names = class_names_of(h5)
+        voxel = float(h5.attrs["voxel_size_nm"])
+        tilt = float(h5.attrs["tilt_max_deg"])
+        if str(h5.attrs.get("polarity", "white")) == "dark":
+            volumes = -volumes
+    return ParticleSet(volumes, [str(i) for i in indices], voxel, labels, names, (-tilt, tilt),
+                       indices)
+
+
+def from_mrc_files(paths: Sequence[str | os.PathLike], invert: bool = False) -> ParticleSet:
+    """Particles from MRC files, one cubic subtomogram each, all of one box and voxel size."""
+    if not paths:
+        raise TomosiftError("no MRC subtomograms given")
+    volumes, voxel_sizes = [], []
+    for path in paths:
+        volume, voxel = read_mrc(path)
+        if volume.shape != (volume.shape[0],) * 3:
+            raise TomosiftError(f"{path}: subtomograms must be cubic, got {volume.shape}")
+        if volumes and volume.shape != volumes[0].shape:
+            raise TomosiftError(f"{path}: box {volume.shape[0]} differs from "
+                                f"{paths[0]}'s {volumes[0].shape[0]}")
+        if voxel_sizes and abs(voxel - voxel_sizes[0]) > 1e-3 * voxel_sizes[0]:
+            raise TomosiftError(f"{path}: voxel size {voxel:g} nm differs from "
+                                f"{paths[0]}'s {voxel_sizes[0]:g} nm")
+        volumes.append(volume)
+        voxel_sizes.append(voxel)
+    stack = np.stack(volumes).astype(np.float32)
+    return ParticleSet(-stack if invert else stack, [str(p) for p in paths], voxel_sizes[0])
+
+
+def from_star(path: str | os.PathLike, invert: bool = False) -> ParticleSet:
+    """Particles of a RELION particles STAR file (3D subtomograms: ``rlnImageName`` naming MRC
+    files, relative to the STAR file's folder); ``rlnClassNumber``, when present, becomes the
+    labels."""
+    import starfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise TomosiftError(f"{path}: file not found")
+    try:
+        tables = starfile.read(path, always_dict=True)
+    except Exception as error:
+        raise TomosiftError(f"{path}: not a readable STAR file ({error})") from error
+    table = tables.get("particles", next(iter(tables.values()), None))
+    if table is None or "rlnImageName" not in getattr(table, "columns", ()):
+        raise TomosiftError(f"{path}: no particles table with rlnImageName")
+    files = [(path.parent / str(name).split("@")[-1]) for name in table["rlnImageName"]]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise TomosiftError(f"{path}: {len(missing)} image(s) not found, first {missing[0]}")
+    particles = from_mrc_files(files, invert)
+    if "rlnClassNumber" in table.columns:
+        classes = table["rlnClassNumber"].to_numpy().astype(np.int64)
+        values = sorted(set(classes.tolist()))
+        particles.labels = np.searchsorted(values, classes)
+        particles.class_names = [str(v) for v in values]
+    return particles
+
+
+def load_particles(sources: Sequence[str | os.PathLike], indices: Sequence[int] | None = None,
+                   invert: bool = False) -> ParticleSet:
+    """Particles from one ``.h5`` dataset, one ``.star`` file or several ``.mrc`` files."""
+    sources = [Path(s) for s in sources]
+    if not sources:
+        raise TomosiftError("no particles given (a dataset .h5, a .star file or .mrc files)")
+    first = sources[0]
+    if first.suffix in (".h5", ".hdf5"):
+        if len(sources) > 1:
+            raise TomosiftError(f"{first}: give one dataset at a time")
+        return from_dataset(first, indices)
+    if indices is not None:
+        raise TomosiftError(f"{first}: a cluster subset needs a tomosift dataset")
+    if first.suffix == ".star":
+        return from_star(first, invert)
+    if all(s.suffix in (".mrc", ".map", ".rec") for s in sources):
+        return from_mrc_files(sources, invert)
+    raise TomosiftError(f"{first}: expected a dataset (.h5), a particles .star or .mrc files")
