@@ -109,3 +109,25 @@ def test_cli_features_and_cluster(clean_dataset, tmp_path, capsys):
                  str(tmp_path / "d.tsv")]) == 2
     assert "k = 41 clusters for N = 40" in capsys.readouterr().err
     assert not (tmp_path / "d.tsv").exists()
+
+
+def test_novelty_ranks_the_unseen_class_first():
+    from tomosift.discovery.features import FeatureSet
+    from tomosift.discovery.leave_one_out import novelty_scores
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [30.0, 30.0]])  # class 3 unseen
+    labels = np.repeat(np.arange(4), 40)
+    features = (centres[labels] + rng.normal(0, 1.0, (160, 2))).astype(np.float32)
+    splits = np.tile(np.repeat(["train", "test"], 20), 4)
+    names = ["a", "b", "c", "new"]
+    feature_set = FeatureSet(features, np.arange(160), labels, splits, names)
+    test = np.flatnonzero(splits == "test")
+    # two clusters per training class (split along x), one for the unseen class
+    cluster = labels[test] * 2 + (features[test, 0] > centres[labels[test], 0])
+    cluster[labels[test] == 3] = 6
+    table = pd.DataFrame({"index": test, "cluster": cluster, "label": labels[test]})
+    scores = novelty_scores(feature_set, table, ["a", "b", "c"])
+    assert int(scores.loc[scores["rank"] == 1, "cluster"].iloc[0]) == 6
+    assert scores.loc[scores["cluster"] == 6, "novelty"].iloc[0] > 10
+    assert scores.loc[scores["cluster"] != 6, "novelty"].max() < 2

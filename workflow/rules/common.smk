@@ -236,7 +236,8 @@ def loo_clusters_file(wildcards):
 
 
 def loo_recovery_params(wildcards=None):
-    return {key: LOO[key] for key in ("k", "iterations", "success_nm", "max_members")} | {
+    keys = ("k", "iterations", "success_nm", "max_members", "novelty_top")
+    return {key: LOO[key] for key in keys} | {
         "classes": LOO["classes3d"],
         "seed": config["seed"],
     }
