@@ -22,10 +22,10 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import math  # noqa: E402
 import multiprocessing  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from machine import machine_line  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
 from tomosift.density import DensitySettings, make_density  # noqa: E402
@@ -42,18 +42,6 @@ from tomosift.structures import find_in_dirs, search_dirs  # noqa: E402
 
 MAX_SHIFT_VOXELS = 3.0
 TILT_DEG = 60.0
-
-
-def processor_name() -> str:
-    """The CPU model, from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_particles(volume: np.ndarray, count: int, snr: float | None, seed: int):
@@ -210,8 +198,7 @@ def main() -> None:
         parser.error(f"{args.structure} not found; set TOMOSIFT_STRUCTURE_DIRS")
     volume = make_density(path, DensitySettings())[0]
     settings = AlignSettings()
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, {processor_name()}, "
-          f"Python {platform.python_version()}, numpy {np.__version__}")
+    print(machine_line())
     print(f"map: {args.structure}, {volume.shape[0]}³ voxels; wedge ±{TILT_DEG:g}°; "
           f"settings: {settings}")
     print("(a) recovery, wedge-masked particle onto the unmasked map")

@@ -15,28 +15,16 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from machine import machine_line  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from tomosift.classify.rif import RifSettings, rif_features  # noqa: E402
 
 PAPER_SECONDS_PER_SUBTOMOGRAM = 0.1
 BOX_VOXELS = 40
-
-
-def processor_name() -> str:
-    """The CPU model, from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -49,9 +37,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     volumes = rng.standard_normal((args.batch, BOX_VOXELS, BOX_VOXELS, BOX_VOXELS),
                                   dtype=np.float32)
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, {processor_name()}, "
-          f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-          f"numpy {np.__version__}")
+    print(machine_line())
     print(f"settings: {settings}, F = {settings.n_features(BOX_VOXELS)} features, "
           f"batch {args.batch} x {BOX_VOXELS}³ float32, 1 thread")
     with threadpool_limits(limits=1):

@@ -18,6 +18,7 @@ from tomosift.density import DensitySettings, make_density
 from tomosift.discovery.cluster import agreement, kmeans
 from tomosift.discovery.features import compute_features, read_features, write_features
 from tomosift.errors import TomosiftError
+from tomosift.io import read_mrc
 from tomosift.recipe import TrainingSettings
 
 BOX = 24
@@ -109,6 +110,17 @@ def test_cli_features_and_cluster(clean_dataset, tmp_path, capsys):
                  str(tmp_path / "d.tsv")]) == 2
     assert "k = 41 clusters for N = 40" in capsys.readouterr().err
     assert not (tmp_path / "d.tsv").exists()
+    chosen = int(table["cluster"].iloc[0])
+    members = int((table["cluster"] == chosen).sum())
+    assert main(["average", "--data", str(clean_dataset), "--subset",
+                 f"{tmp_path / 'c.tsv'}:{chosen}", "--classes", "1", "--iterations", "1",
+                 "--out-dir", str(tmp_path / "avg")]) == 0
+    assert f"{members} subtomograms in 1 classes" in capsys.readouterr().out
+    listed = pd.read_csv(tmp_path / "avg/members.tsv", sep="\t")
+    assert set(listed["true_class"]) <= set(NAMES) and len(listed) == members
+    assert main(["average", "--data", str(clean_dataset), "--subset",
+                 f"{tmp_path / 'c.tsv'}:77", "--out-dir", str(tmp_path / "none")]) == 2
+    assert "no cluster 77" in capsys.readouterr().err
 
 
 def test_novelty_ranks_the_unseen_class_first():
@@ -131,3 +143,29 @@ def test_novelty_ranks_the_unseen_class_first():
     assert int(scores.loc[scores["rank"] == 1, "cluster"].iloc[0]) == 6
     assert scores.loc[scores["cluster"] == 6, "novelty"].iloc[0] > 10
     assert scores.loc[scores["cluster"] != 6, "novelty"].max() < 2
+
+
+def test_particles_from_star_and_mrc_files(tmp_path):
+    from tomosift.discovery.particles import load_particles
+    from tomosift.io import write_mrc, write_star
+
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        write_mrc(tmp_path / f"sub_{i}.mrc", rng.normal(size=(16, 16, 16)), 0.92)
+    table = pd.DataFrame({"rlnImageName": [f"sub_{i}.mrc" for i in range(3)],
+                          "rlnClassNumber": [2, 5, 2]})
+    write_star(tmp_path / "particles.star", {"particles": table})
+    particles = load_particles([tmp_path / "particles.star"], invert=True)
+    first, _ = read_mrc(tmp_path / "sub_0.mrc")
+    assert particles.volumes.shape == (3, 16, 16, 16)
+    assert np.allclose(particles.volumes[0], -first)  # --invert: dark particles made bright
+    assert particles.voxel_size_nm == pytest.approx(0.92)
+    assert list(particles.labels) == [0, 1, 0] and particles.class_names == ["2", "5"]
+    table.loc[1, "rlnImageName"] = "missing.mrc"
+    write_star(tmp_path / "bad.star", {"particles": table})
+    with pytest.raises(TomosiftError, match=r"bad.star: 1 image\(s\) not found"):
+        load_particles([tmp_path / "bad.star"])
+    write_mrc(tmp_path / "other.mrc", rng.normal(size=(16, 16, 16)), 1.2)
+    with pytest.raises(TomosiftError, match=r"voxel size 1\.2 nm differs"):
+        load_particles([tmp_path / "sub_0.mrc", tmp_path / "other.mrc"])
+

@@ -53,7 +53,7 @@ def add_commands(commands) -> None:
     average.add_argument("--subset", help="only the members of TABLE.tsv:CLUSTER (datasets)")
     average.add_argument("--classes", type=int, default=3)
     average.add_argument("--iterations", type=int, default=5)
-    _add_tilt_options(average)
+    _add_tilt_options(average, default_max_deg=None)
     average.add_argument("--invert", action="store_true",
                          help="MRC/STAR particles are dark (negate them); datasets say so")
     average.add_argument("--seed", type=int, default=1)
@@ -70,16 +70,37 @@ def add_commands(commands) -> None:
     fsc.set_defaults(handler=_fsc)
 
 
-def _add_tilt_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tilt-max-deg", type=float, default=60.0,
-                        help="largest tilt angle (90: no missing wedge)")
+def _add_tilt_options(parser: argparse.ArgumentParser,
+                      default_max_deg: float | None = 60.0) -> None:
+    parser.add_argument("--tilt-max-deg", type=float, default=default_max_deg,
+                        help="largest tilt angle (90: no missing wedge); "
+                        + ("default 60" if default_max_deg else
+                           "default: a dataset's own, else 60"))
     parser.add_argument("--tilt-min-deg", type=float, default=None,
                         help="smallest tilt angle (default: minus the largest)")
 
 
-def _tilt_range(args) -> tuple[float, float]:
-    low = -args.tilt_max_deg if args.tilt_min_deg is None else args.tilt_min_deg
-    return low, args.tilt_max_deg
+def _tilt_range(args, recorded: tuple[float, float] | None = None) -> tuple[float, float]:
+    """(min, max) tilt in degrees: the options, else a dataset's recorded range, else ±60."""
+    if args.tilt_max_deg is None and recorded is not None:
+        return recorded
+    high = 60.0 if args.tilt_max_deg is None else args.tilt_max_deg
+    return (-high if args.tilt_min_deg is None else args.tilt_min_deg), high
+
+
+def _read_pair(first_path: Path, second_path: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """Two MRC maps that must share one cubic box and voxel size: (first, second, voxel nm)."""
+    from tomosift.io import read_mrc
+
+    first, voxel = read_mrc(first_path)
+    second, second_voxel = read_mrc(second_path)
+    if first.shape != second.shape or first.shape != (first.shape[0],) * 3:
+        raise TomosiftError(f"{second_path}: box {second.shape} differs from {first_path}'s "
+                            f"{first.shape} (both must be the same cube)")
+    if abs(voxel - second_voxel) > 1e-3 * voxel:
+        raise TomosiftError(f"{second_path}: voxel size {second_voxel:g} nm differs from "
+                            f"{first_path}'s {voxel:g} nm")
+    return first, second, voxel
 
 
 def _features(args) -> None:
@@ -116,16 +137,9 @@ def _align(args) -> None:
     from tomosift.discovery.align import align
     from tomosift.discovery.rotations import relion_pose, transform_volume
     from tomosift.discovery.wedge import wedge_mask
-    from tomosift.io import read_mrc, write_mrc
+    from tomosift.io import write_mrc
 
-    reference, voxel = read_mrc(args.reference)
-    moving, moving_voxel = read_mrc(args.moving)
-    if reference.shape != moving.shape or reference.shape != (reference.shape[0],) * 3:
-        raise TomosiftError(f"{args.moving}: box {moving.shape} differs from {args.reference}'s "
-                            f"{reference.shape} (both must be the same cube)")
-    if abs(voxel - moving_voxel) > 1e-3 * voxel:
-        raise TomosiftError(f"{args.moving}: voxel size {moving_voxel:g} nm differs from "
-                            f"{args.reference}'s {voxel:g} nm")
+    reference, moving, voxel = _read_pair(args.reference, args.moving)
     low, high = _tilt_range(args)
     n = reference.shape[0]
     moving_mask = wedge_mask(n, low, high)
@@ -169,10 +183,7 @@ def _average(args) -> None:
 
     indices = subset_indices(args.subset) if args.subset else None
     particles = load_particles(args.data, indices, args.invert)
-    low, high = _tilt_range(args)
-    if particles.tilt_range_deg is not None and args.tilt_min_deg is None \
-            and args.tilt_max_deg == 60.0:
-        low, high = particles.tilt_range_deg  # the dataset records its own tilt range
+    low, high = _tilt_range(args, particles.tilt_range_deg)
     settings = ClassifySettings(args.classes, args.iterations, low, high, args.seed)
     with limited_threads(args.threads):
         result = classify(particles.volumes, settings)
@@ -189,16 +200,8 @@ def _fsc(args) -> None:
     from tomosift.discovery.align import align
     from tomosift.discovery.fsc import compute_fsc, plot_fsc, soft_sphere_mask, write_fsc_table
     from tomosift.discovery.rotations import transform_volume
-    from tomosift.io import read_mrc
 
-    first, voxel = read_mrc(args.first)
-    second, second_voxel = read_mrc(args.second)
-    if first.shape != second.shape or first.shape != (first.shape[0],) * 3:
-        raise TomosiftError(f"{args.second}: box {second.shape} differs from {args.first}'s "
-                            f"{first.shape} (both must be the same cube)")
-    if abs(voxel - second_voxel) > 1e-3 * voxel:
-        raise TomosiftError(f"{args.second}: voxel size {second_voxel:g} nm differs from "
-                            f"{args.first}'s {voxel:g} nm")
+    first, second, voxel = _read_pair(args.first, args.second)
     if args.align:
         result = align(first, second, None, None)
         second = transform_volume(second, result.rotation, result.shift_voxels)
