@@ -355,9 +355,11 @@ def write_views(row_paths: Sequence[str | os.PathLike], features: dict[str, str]
                 embedding_points: int = 3000, seed: int = 1) -> pd.DataFrame:
     """All views of a leave-one-out run: ``summary`` (TSV), ``successes`` (TSV), ``html``
     (Table S2), ``fig4`` (true vs recovered), ``figS1`` (cluster-size histograms per source,
-    for the first left-out class) and ``fig2`` (t-SNE of each source's test features, the
-    held-out class marked). ``outputs`` maps those names to paths. Returns the counts."""
-    from tomosift.discovery.cluster import plot_cluster_size_histograms
+    for the first left-out class; their coefficient of variation and the counts of clusters
+    of at most 10 and over 1000 members go into ``successes`` too) and ``fig2`` (t-SNE of
+    each source's test features, the held-out class marked). ``outputs`` maps those names
+    to paths. Returns the counts."""
+    from tomosift.discovery.cluster import plot_cluster_size_histograms, size_statistics
     from tomosift.discovery.embed import plot_embedding, tsne_2d
     from tomosift.discovery.features import read_features
     from tomosift.io import write_text
@@ -365,12 +367,16 @@ def write_views(row_paths: Sequence[str | os.PathLike], features: dict[str, str]
 
     table = summarise(row_paths, outputs["summary"])
     counts = success_counts(table)
-    with atomic_path(outputs["successes"]) as tmp:
-        counts.to_csv(tmp, sep="\t", index=False)
-    write_text(outputs["html"], _html_table(table, counts))
-    plot_recovery_panel(table, outputs["fig4"])
     sizes = {name: read_cluster_table(path)["cluster"].value_counts().to_numpy()
              for name, path in clusters.items()}
+    statistics = {name: size_statistics(values) for name, values in sizes.items()}
+    counts["cluster_size_cv"] = [statistics[f]["cv"] for f in counts["features"]]
+    counts["clusters_le_10"] = [statistics[f]["n_small"] for f in counts["features"]]
+    counts["clusters_gt_1000"] = [statistics[f]["n_large"] for f in counts["features"]]
+    with atomic_path(outputs["successes"]) as tmp:
+        counts.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    write_text(outputs["html"], _html_table(table, counts))
+    plot_recovery_panel(table, outputs["fig4"])
     plot_cluster_size_histograms(outputs["figS1"], sizes,
                                  f"Cluster sizes of the test split ({held_out} left out)")
     panels = []
