@@ -230,9 +230,10 @@ def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
                                                             if n != target_class]
     novelty = novelty_scores(feature_set, clusters, training)
     oracle_rank = int(novelty.loc[novelty["cluster"] == oracle, "rank"].iloc[0])
-    # Without the oracle: the user averages the most novel-looking clusters and looks. A
-    # cluster without a single member of C cannot give C's structure, so only the top
-    # clusters that hold some of C are classified (the outcome is the same, the time less).
+    # Without the oracle: the user averages the most novel-looking clusters in turn, until
+    # one shows a new structure. Clusters are taken in rank order and the search stops at
+    # the first that recovers C; a cluster without a single member of C cannot give C's
+    # structure and is skipped (the success count is the same, the time less).
     table = enrichment(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(), target)
     holding = set(table.loc[table["count"] > 0, "cluster"].astype(int))
     top = [int(c) for c in novelty.sort_values("rank")["cluster"].iloc[:settings.novelty_top]]
@@ -243,6 +244,8 @@ def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
         elif cluster in holding:
             novel.append(recover_from_cluster(data_path, clusters, cluster, target, truth,
                                               out / f"novel_{cluster}", settings, progress))
+        if novel and novel[-1].success:
+            break
     best_novel = min(novel, key=lambda r: r.resolution_nm) if novel else None
     average = out / "oracle" / "average_on_truth.mrc"
     row = {
