@@ -171,7 +171,7 @@ def _real_basis(theta: np.ndarray, phi: np.ndarray, degrees: Sequence[int]) -> n
     return np.stack(columns, axis=1)
 
 
-def _interpolation_matrix(
+def amplitude_interpolation_matrix(
     points_zyx: np.ndarray, n: int
 ) -> tuple[np.ndarray, sparse.csr_matrix]:
     """Trilinear interpolation of an rfftn amplitude at frequency points, as a dense matrix.
@@ -232,7 +232,7 @@ def _shell_operator(
         direction = np.stack(
             [np.cos(theta), np.sin(theta) * np.sin(phi), np.sin(theta) * np.cos(phi)], axis=1
         )  # (z, y, x)
-        voxels, interp = _interpolation_matrix(radius * direction, n)
+        voxels, interp = amplitude_interpolation_matrix(radius * direction, n)
         basis = _real_basis(theta, phi, degrees) * weights[:, None]
         matrices.append(np.ascontiguousarray(interp.T @ basis, dtype=np.float32))  # (V_r, C)
         voxel_parts.append(voxels)

@@ -59,7 +59,7 @@ import scipy.fft
 from scipy import ndimage
 from scipy.special import sph_harm_y
 
-from tomosift.classify.rif import _interpolation_matrix, shell_quadrature
+from tomosift.classify.rif import amplitude_interpolation_matrix, shell_quadrature
 from tomosift.discovery.rotations import rotation_angle_deg, transform_volume
 from tomosift.discovery.wedge import fourier_frequencies, wedge_mask
 from tomosift.errors import TomosiftError
@@ -202,7 +202,7 @@ def _shell_operator(box: int, radii: tuple[int, ...], max_degree: int) -> _Shell
         direction = np.stack(
             [np.cos(theta), np.sin(theta) * np.sin(phi), np.sin(theta) * np.cos(phi)], axis=1
         )  # (z, y, x)
-        voxels, interp = _interpolation_matrix(radius * direction, box)
+        voxels, interp = amplitude_interpolation_matrix(radius * direction, box)
         basis = np.conj(_harmonics(theta, phi, max_degree)).reshape(len(theta), -1)
         basis *= weights[:, None]
         matrix = interp.T @ basis  # (V, K) complex
