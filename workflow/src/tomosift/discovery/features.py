@@ -125,6 +125,7 @@ def posenorm_dataset_features(data_path: str | os.PathLike, split: str = "all", 
                               progress: bool = True) -> FeatureSet:
     """Pose-normalised voxel features (:mod:`.posenorm`) of a split."""
     from tomosift.classify.devices import limited_threads
+    from tomosift.classify.inputs import read_volumes
     from tomosift.datasets import open_dataset
     from tomosift.discovery.posenorm import PosenormSettings, posenorm_features
 
@@ -133,13 +134,12 @@ def posenorm_dataset_features(data_path: str | os.PathLike, split: str = "all", 
     parts = []
     with limited_threads(threads), open_dataset(data_path) as h5:
         dark = str(h5.attrs.get("polarity", "white")) == "dark"
-        dataset = h5["volumes"]
         bar = progress_bar(total=len(data.indices), desc="pose-normalised features",
                            unit="subtomo", enabled=progress)
         with bar:
             for start in range(0, len(data.indices), batch_size):
                 batch = data.indices[start : start + batch_size]
-                volumes = np.stack([dataset[int(i)] for i in batch]).astype(np.float32)
+                volumes = read_volumes(h5, batch, normalise="none")
                 parts.append(posenorm_features(-volumes if dark else volumes, settings))
                 bar.update(len(batch))
     return FeatureSet(np.concatenate(parts), data.indices, data.labels, splits,

@@ -46,19 +46,17 @@ class ParticleSet:
 def from_dataset(path: str | os.PathLike, indices: Sequence[int] | None = None,
                  split: str | None = None) -> ParticleSet:
     """Particles of a tomosift dataset: ``indices`` (any order), or a whole split."""
-    from tomosift.classify.inputs import read_split
+    from tomosift.classify.inputs import read_split, read_volumes
     from tomosift.datasets import class_names_of, open_dataset
 
     if indices is None:
         indices = read_split(path, split or "all").indices
     indices = np.asarray(indices, dtype=np.int64)
     with open_dataset(path) as h5:
-        dataset = h5["volumes"]
-        if len(indices) and (indices.min() < 0 or indices.max() >= len(dataset)):
-            raise TomosiftError(f"{path}: particle indices must lie in [0, {len(dataset)})")
-        volumes = np.empty((len(indices), *dataset.shape[1:]), dtype=np.float32)
-        for row, index in enumerate(indices):
-            volumes[row] = dataset[int(index)]
+        size = len(h5["volumes"])
+        if len(indices) and (indices.min() < 0 or indices.max() >= size):
+            raise TomosiftError(f"{path}: particle indices must lie in [0, {size})")
+        volumes = read_volumes(h5, indices, normalise="none")
         labels = h5["labels"][()][indices].astype(np.int64)
         names = class_names_of(h5)
         voxel = float(h5.attrs["voxel_size_nm"])
