@@ -17,6 +17,7 @@ include: "workflow/rules/densities.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/discovery.smk"
+include: "workflow/rules/subdivide.smk"
 
 
 rule all:

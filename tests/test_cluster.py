@@ -128,6 +128,11 @@ def test_cluster_table_and_subset_spec(tmp_path):
         subset_indices(f"{path}:5")
     with pytest.raises(TomosiftError, match="not an integer"):
         parse_subset_spec(f"{path}:x")
+    subdivided = tmp_path / "distances.tsv"  # the table tomosift subdivide writes
+    write_cluster_table(subdivided, np.array([0, 1]), np.array([2, 1]),
+                        distances=np.array([0.5, 1 / 3]), true_classes=["x", "y"])
+    assert subdivided.read_text() == ("index\tcluster\tdistance\tclass\n"
+                                      "0\t2\t0.5\tx\n1\t1\t0.333333\ty\n")
     with pytest.raises(TomosiftError, match=r"TABLE\.tsv:CLUSTER"):
         parse_subset_spec("clusters.tsv")
     with pytest.raises(TomosiftError, match="not found"):

@@ -12,6 +12,7 @@ from tomosift.datasets import grid_point_tag, grid_points, imaging_params as con
 from tomosift.datasets import plan_from_params, simulation_params as config_simulation_params
 from tomosift.errors import TomosiftError
 from tomosift.recipe import method_architecture, method_settings
+from tomosift.simulate.tomography import SimulationSettings
 from tomosift.structures import (
     find_local_structure,
     parse_structure_entries,
@@ -273,6 +274,141 @@ def loo_targets():
     ]
 
 
+# -- subdivision (tomograms -> picks -> subtomograms -> subsets) ----------------------------
+
+SUB = config["subdivide"]
+SUB_DIR = "results/subdivide"
+SUB_SIM = SUB["simulated_tomograms"]
+
+
+def _input_entries(entries, kind):
+    """{name: entry} of the config's tomograms or particle files (name = file stem by default)."""
+    named = {}
+    for entry in entries:
+        entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+        name = entry.get("name") or Path(entry["path"]).name.split(".")[0]
+        if name in named:
+            raise WorkflowError(f"{CONFIG_SOURCE}: subdivide {kind}: two inputs named '{name}'")
+        named[name] = entry
+    return named
+
+
+def _check_subdivide():
+    """The subdivision's inputs by name and its model file, checked at parse time."""
+    simulated = [f"simulated{i + 1:02d}" for i in range(SUB_SIM["count"])]
+    tomograms = _input_entries(SUB["tomograms"], "tomograms")
+    particles = _input_entries(SUB["particles"], "particles")
+    names = [*simulated, *tomograms, *particles]
+    if len(set(names)) != len(names):
+        raise WorkflowError(f"{CONFIG_SOURCE}: subdivide: input names must be unique ({names})")
+    if not names:
+        raise WorkflowError(f"{CONFIG_SOURCE}: subdivide is enabled but has no tomograms, "
+                            "particles or simulated_tomograms")
+    unknown = [n for n in SUB_SIM["structures"] if n not in SPEC_BY_NAME]
+    if unknown:
+        raise WorkflowError(f"{CONFIG_SOURCE}: subdivide simulated_tomograms structures: "
+                            f"unknown {', '.join(unknown)}")
+    model = SUB["model"]
+    if model is None:
+        tag = grid_point_tag(SIM["noise_model"], SUB["noise_level"], SUB["tilt_max_deg"])
+        if tag not in DATASETS:
+            raise WorkflowError(f"{CONFIG_SOURCE}: subdivide noise_level {SUB['noise_level']:g} / "
+                                f"tilt {SUB['tilt_max_deg']:g} is not a grid point of simulation")
+        if SUB["method"] not in CLASSIFY["methods"] or SUB["method"] == "rif-svm":
+            raise WorkflowError(f"{CONFIG_SOURCE}: subdivide method '{SUB['method']}' must be a "
+                                "CNN of classification.methods")
+        model = f"results/classification/{tag}/{SUB['method']}/model.pt"
+    return simulated, tomograms, particles, model
+
+
+if SUB["enabled"]:
+    SUB_SIMULATED, SUB_TOMOGRAMS, SUB_PARTICLES, SUB_MODEL = _check_subdivide()
+else:
+    SUB_SIMULATED, SUB_TOMOGRAMS, SUB_PARTICLES, SUB_MODEL = [], {}, {}, None
+SUB_PICKED = [*SUB_SIMULATED, *SUB_TOMOGRAMS]
+
+
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (never matches when empty)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+SUB_PICKED_PATTERN = names_pattern(SUB_PICKED)
+SUB_PARTICLES_PATTERN = names_pattern(SUB_PARTICLES)
+
+
+def sub_tomogram_file(wildcards):
+    if wildcards.tomo in SUB_TOMOGRAMS:
+        return SUB_TOMOGRAMS[wildcards.tomo]["path"]
+    return f"{SUB_DIR}/tomograms/{wildcards.tomo}.mrc"
+
+
+def sub_truth_file(wildcards):
+    """The truth STAR of a simulated tomogram ([] for a real one)."""
+    if wildcards.tomo in SUB_SIMULATED:
+        return f"{SUB_DIR}/tomograms/{wildcards.tomo}_truth.star"
+    return []
+
+
+def sub_tomogram_structures(wildcards=None):
+    return expand("results/densities/{name}.mrc", name=SUB_SIM["structures"] or NAMES)
+
+
+def sub_simulation_params(wildcards):
+    return {
+        **{key: SUB_SIM[key] for key in ("size_voxels", "thickness_voxels", "dose_e_per_a2",
+                                        "min_gap_nm")},
+        "n_particles": SUB_SIM["particles"],
+        "names": SUB_SIM["structures"] or NAMES,
+        "imaging": config_imaging_params(config),
+        "tilt_max_deg": SUB["tilt_max_deg"],
+        "seed": config["seed"] * 1000 + SUB_SIMULATED.index(wildcards.tomo) + 1,
+    }
+
+
+def sub_polarity(wildcards):
+    """How particles appear in a tomogram: simulated ones as the imaging makes them, the
+    user's as their entry (or pick.polarity) says."""
+    if wildcards.tomo in SUB_SIMULATED:
+        settings = SimulationSettings.from_config(config_imaging_params(config),
+                                                  SUB["tilt_max_deg"])
+        return "dark" if settings.dark_particles else "white"
+    return SUB_TOMOGRAMS[wildcards.tomo].get("polarity", SUB["pick"]["polarity"])
+
+
+def sub_pick_params(wildcards):
+    settings = {k: v for k, v in SUB["pick"].items() if k != "tolerance_voxels"}
+    return {**settings, "polarity": sub_polarity(wildcards)}
+
+
+def sub_particle_source(wildcards):
+    return SUB_PARTICLES[wildcards.tomo]["path"]
+
+
+def sub_datasets(wildcards=None):
+    return expand(f"{SUB_DIR}/particles/{{tomo}}.h5", tomo=[*SUB_PICKED, *SUB_PARTICLES])
+
+
+def sub_feature_shards(wildcards=None):
+    return expand(f"{SUB_DIR}/features/shard-{{shard:05d}}.h5", shard=range(SUB["shards"]))
+
+
+def sub_pick_scores(wildcards=None):
+    return expand(f"{SUB_DIR}/picks/{{tomo}}_scores.tsv", tomo=SUB_SIMULATED)
+
+
+def sub_targets():
+    if not SUB["enabled"]:
+        return []
+    targets = [f"{SUB_DIR}/summary.tsv", f"{SUB_DIR}/cluster_sizes.png",
+               f"{SUB_DIR}/embedding.png"]
+    if SUB["averages"]:
+        targets.append(f"{SUB_DIR}/averages.png")
+    if SUB_SIMULATED:
+        targets.append(f"{SUB_DIR}/picking.tsv")
+    return targets
+
+
 # -- targets --------------------------------------------------------------------------------
 
 
@@ -289,4 +425,5 @@ def all_targets():
         "results/table1.html",
         "results/figures/table1_heatmap.png",
         *loo_targets(),
+        *sub_targets(),
     ]

@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(resolve)
     resolve.set_defaults(handler=_resolve)
 
-    from tomosift.discovery.commands import add_commands
+    from tomosift import tomogram_commands
+    from tomosift.discovery import commands as discovery_commands
 
-    add_commands(commands)
+    discovery_commands.add_commands(commands)
+    tomogram_commands.add_commands(commands)
     return parser
 
 

@@ -28,6 +28,23 @@ truth/neighbour_positions_voxels (N, K, 3) f8 crowding only: neighbour centres (
 truth/neighbour_rotations  (N, K, 3, 3)  crowding only: neighbour rotations
 ========================== ============= ======================================================
 
+Datasets of real or simulated tomograms (``tomosift extract``, ``tomosift import-particles``,
+see :mod:`tomosift.extract`) have no ``truth/`` group but an optional ``particles/`` group:
+where each subtomogram came from. Unknown labels are -1 (``class_names`` may then be empty and
+every ``split`` value is ``test``); the attribute ``labels_known`` says which case it is, and
+``source`` names the input:
+
+=============================== ============= ================================================
+particles/tomo_name             (N,) str      the source tomogram's name ('' when unknown)
+particles/coordinates_voxels    (N, 3) f8     x, y, z in voxels of that tomogram (NaN: unknown)
+particles/tomogram_size_xyz     (N, 3) i8     the tomogram's size in voxels (0: unknown)
+particles/angles_deg            (N, 3) f8     RELION rot, tilt, psi (NaN: unknown)
+particles/image_name            (N,) str      the source MRC of an imported subtomogram, else ''
+particles/centered_angst        (N, 3) f8     RELION 5 centred x, y, z in Å (NaN: unknown)
+=============================== ============= ================================================
+
+with the attribute ``particles.attrs["tomogram_voxel_size_nm"]`` (NaN when unknown).
+
 File attributes record every physical and random parameter (voxel size, box, noise model
 with its SNR or dose, tilt range and step, CTF/MTF, ice, crowding, reconstruction mode, seed,
 tomosift version, ...) and the measured SNR: ``measured_snr_mean`` (over the non-empty
@@ -147,15 +164,20 @@ class DatasetPlan:
 
     def is_test(self, label: int) -> np.ndarray:
         """(per_class,) bool: which members of class ``label`` are in the test split."""
-        rng = np.random.default_rng([self.seed, 2, label])
-        n_test = round(self.per_class * self.test_fraction)
-        flags = np.zeros(self.per_class, dtype=bool)
-        flags[rng.permutation(self.per_class)[:n_test]] = True
-        return flags
+        return test_flags(self.per_class, self.test_fraction, self.seed, label)
 
     def noise_key(self, tilt_max_deg: float) -> int:
         """The key of this grid point's noise streams."""
         return dataset_key(self.noise_level, tilt_max_deg, self.noise_model)
+
+
+def test_flags(count: int, test_fraction: float, seed: int, label: int) -> np.ndarray:
+    """(count,) bool: which of the ``count`` members of class ``label`` are in the test split:
+    ``round(count * test_fraction)`` of them, chosen by a generator keyed (seed, 2, label)."""
+    rng = np.random.default_rng([seed, 2, label])
+    flags = np.zeros(count, dtype=bool)
+    flags[rng.permutation(count)[: round(count * test_fraction)]] = True
+    return flags
 
 
 def settings_attributes(settings: SimulationSettings, plan: DatasetPlan) -> dict:
@@ -480,7 +502,7 @@ def join_shards(shard_paths: Sequence[str | os.PathLike], out_path: str | os.Pat
         raise TomosiftError(
             f"{out_path}: shards cover {expected} of {first.attrs['n_particles']} particles"
         )
-    layout = _UntimedLayout(shape=(expected, *first.volume_shape[1:]), dtype=first.volume_dtype)
+    layout = UntimedLayout(shape=(expected, *first.volume_shape[1:]), dtype=first.volume_dtype)
     for shard in shards:
         relative = os.path.relpath(shard.path.resolve(), out_path.resolve().parent)
         layout[shard.start : shard.stop] = h5py.VirtualSource(
@@ -506,7 +528,7 @@ def join_shards(shard_paths: Sequence[str | os.PathLike], out_path: str | os.Pat
         _write_measured_snr(h5, labels, group["snr"][()], len(first.class_names), n_structures)
 
 
-class _UntimedLayout(h5py.VirtualLayout):
+class UntimedLayout(h5py.VirtualLayout):
     """A virtual layout whose dataset carries no creation time (same config, same bytes)."""
 
     def _get_dcpl(self, dst_filename):  # h5py builds the creation property list here

@@ -117,6 +117,13 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     if sorted(axis_order) == [1, 2, 3] and axis_order != (3, 2, 1):
         # Files whose sections are not z (MAPC/MAPR/MAPS not 1/2/3): bring data to [z, y, x].
         data = np.ascontiguousarray(np.transpose(data, [axis_order.index(a) for a in (3, 2, 1)]))
+    voxel_nm = _checked_voxel_size_nm(path, voxel_xyz_angstrom)
+    if not np.all(np.isfinite(data)):
+        raise TomosiftError(f"{path}: the map contains NaN or infinite values")
+    return data, voxel_nm
+
+
+def _checked_voxel_size_nm(path: Path, voxel_xyz_angstrom: tuple[float, float, float]) -> float:
     if not all(np.isfinite(v) and v > 0 for v in voxel_xyz_angstrom):
         raise TomosiftError(
             f"{path}: the header's voxel size is zero or missing ({voxel_xyz_angstrom} Å); "
@@ -124,9 +131,22 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         )
     if max(voxel_xyz_angstrom) - min(voxel_xyz_angstrom) > 1e-3 * max(voxel_xyz_angstrom):
         raise TomosiftError(f"{path}: voxels are not cubic ({voxel_xyz_angstrom} Å)")
-    if not np.all(np.isfinite(data)):
-        raise TomosiftError(f"{path}: the map contains NaN or infinite values")
-    return data, voxel_xyz_angstrom[0] / ANGSTROM_PER_NM
+    return voxel_xyz_angstrom[0] / ANGSTROM_PER_NM
+
+
+def mrc_voxel_size_nm(path: str | os.PathLike) -> float:
+    """The voxel edge (nm) in an MRC file's header, without reading its data (the checks and
+    messages of :func:`read_mrc`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TomosiftError(f"{path}: file not found")
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            voxel = mrc.voxel_size
+            voxel_xyz_angstrom = (float(voxel.x), float(voxel.y), float(voxel.z))
+    except Exception as exc:
+        raise TomosiftError(f"{path}: not a readable MRC map ({_first_line(exc)})") from exc
+    return _checked_voxel_size_nm(path, voxel_xyz_angstrom)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -246,7 +246,7 @@ def _trained_on(data: SplitData) -> dict:
                        ).hexdigest(),
                        **{k: plain(data.attrs.get(k)) for k in (
                            "noise_model", "snr", "dose_e_per_a2", "tilt_max_deg", "seed",
-                           "reconstruction", "voxel_size_nm") if k in data.attrs}},
+                           "reconstruction", "voxel_size_nm", "polarity") if k in data.attrs}},
     }
 
 

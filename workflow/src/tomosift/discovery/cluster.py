@@ -231,17 +231,26 @@ def plot_cluster_size_histograms(
 def write_cluster_table(
     path: str | os.PathLike, ids: np.ndarray, labels: np.ndarray,
     true_labels: np.ndarray | None = None, class_names: Sequence[str] | None = None,
+    distances: np.ndarray | None = None, true_classes: Sequence[str] | None = None,
 ) -> None:
     """Write cluster memberships as TSV, atomically.
 
-    Columns: ``index`` (the subtomogram's index in its dataset), ``cluster``, and when the
-    truth is known ``label`` (class index) and, with ``class_names``, ``class`` (its name).
+    Columns: ``index`` (the subtomogram's index in its dataset), ``cluster``, with
+    ``distances`` ``distance`` (to the cluster's centre, feature units, 6 significant
+    digits), and when the truth is known ``label`` (class index) and, with ``class_names``,
+    ``class`` (its name); ``true_classes``: (N,) class names, written as ``class`` without
+    ``label``.
     """
     ids = np.asarray(ids).ravel()
     labels = np.asarray(labels).ravel()
     if ids.size != labels.size:
         raise TomosiftError(f"{path}: {ids.size} indices but {labels.size} cluster labels")
     frame = pd.DataFrame({"index": ids.astype(np.int64), "cluster": labels.astype(np.int64)})
+    if distances is not None:
+        distances = np.asarray(distances, dtype=np.float64).ravel()
+        if distances.size != ids.size:
+            raise TomosiftError(f"{path}: {ids.size} indices but {distances.size} distances")
+        frame["distance"] = distances
     if true_labels is not None:
         true_labels = np.asarray(true_labels).ravel()
         if true_labels.size != ids.size:
@@ -252,8 +261,12 @@ def write_cluster_table(
             if true_labels.size and (true_labels.min() < 0 or true_labels.max() >= len(names)):
                 raise TomosiftError(f"{path}: true labels exceed the {len(names)} class names")
             frame["class"] = [names[i] for i in true_labels]
+    elif true_classes is not None:
+        if len(true_classes) != ids.size:
+            raise TomosiftError(f"{path}: {ids.size} indices but {len(true_classes)} classes")
+        frame["class"] = list(true_classes)
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False)
+        frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
 
 
 def read_cluster_table(path: str | os.PathLike) -> pd.DataFrame:

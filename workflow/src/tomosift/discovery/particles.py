@@ -11,7 +11,7 @@ inputs are taken as white (RELION's convention) unless ``invert`` is set.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,8 @@ import numpy as np
 
 from tomosift.errors import TomosiftError
 from tomosift.io import read_mrc
+
+VOXEL_TOLERANCE = 1e-3  # relative: voxel sizes that agree to 0.1 % are the same
 
 
 @dataclass
@@ -67,23 +69,37 @@ def from_dataset(path: str | os.PathLike, indices: Sequence[int] | None = None,
                        indices)
 
 
-def from_mrc_files(paths: Sequence[str | os.PathLike], invert: bool = False) -> ParticleSet:
-    """Particles from MRC files, one cubic subtomogram each, all of one box and voxel size."""
+def same_voxel(a: float, b: float) -> bool:
+    """Whether two voxel sizes agree to :data:`VOXEL_TOLERANCE` (relative)."""
+    return abs(a - b) <= VOXEL_TOLERANCE * max(a, b)
+
+
+def iter_mrc_subtomograms(paths: Sequence[str | os.PathLike]
+                          ) -> Iterator[tuple[np.ndarray, float]]:
+    """(volume (n, n, n) float32, voxel size nm) of each MRC file in order, one file in memory
+    at a time; raises a one-line error naming the file when one is not cubic or differs from
+    the first in box or voxel size."""
     if not paths:
         raise TomosiftError("no MRC subtomograms given")
-    volumes, voxel_sizes = [], []
+    first_shape, first_voxel = None, None
     for path in paths:
         volume, voxel = read_mrc(path)
         if volume.shape != (volume.shape[0],) * 3:
             raise TomosiftError(f"{path}: subtomograms must be cubic, got {volume.shape}")
-        if volumes and volume.shape != volumes[0].shape:
-            raise TomosiftError(f"{path}: box {volume.shape[0]} differs from "
-                                f"{paths[0]}'s {volumes[0].shape[0]}")
-        if voxel_sizes and abs(voxel - voxel_sizes[0]) > 1e-3 * voxel_sizes[0]:
-            raise TomosiftError(f"{path}: voxel size {voxel:g} nm differs from "
-                                f"{paths[0]}'s {voxel_sizes[0]:g} nm")
-        volumes.append(volume)
-        voxel_sizes.append(voxel)
+        if first_shape is None:
+            first_shape, first_voxel = volume.shape, voxel
+        elif volume.shape != first_shape:
+            raise TomosiftError(f"{path}: box {volume.shape} differs from {paths[0]}'s "
+                                f"{first_shape}")
+        elif not same_voxel(voxel, first_voxel):
+            raise TomosiftError(f"{path}: voxel size {voxel:g} nm differs from {paths[0]}'s "
+                                f"{first_voxel:g} nm")
+        yield volume, voxel
+
+
+def from_mrc_files(paths: Sequence[str | os.PathLike], invert: bool = False) -> ParticleSet:
+    """Particles from MRC files, one cubic subtomogram each, all of one box and voxel size."""
+    volumes, voxel_sizes = zip(*iter_mrc_subtomograms(paths), strict=True)
     stack = np.stack(volumes).astype(np.float32)
     return ParticleSet(-stack if invert else stack, [str(p) for p in paths], voxel_sizes[0])
 

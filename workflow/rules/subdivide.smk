@@ -1,0 +1,262 @@
+# Stage 5: the user's path. Tomograms (simulated with their truth, or the user's) are picked by
+# a difference of Gaussians, subtomograms are cut out (RELION particle files are imported
+# instead), all inputs are joined into one dataset, CNN features are scattered over shards and
+# gathered into k-means subsets, one RELION 5 STAR file each, and the largest subsets are
+# averaged without references.
+
+
+wildcard_constraints:
+    tomo=names_pattern([*SUB_PICKED, *SUB_PARTICLES]),
+
+
+rule simulate_tomogram:
+    input:
+        maps=sub_tomogram_structures,
+    output:
+        tomogram=f"{SUB_DIR}/tomograms/{{tomo}}.mrc",
+        truth=f"{SUB_DIR}/tomograms/{{tomo}}_truth.star",
+    log:
+        f"{LOGS}/subdivide/simulate/{{tomo}}.log",
+    params:
+        settings=sub_simulation_params,
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    benchmark:
+        f"results/benchmarks/subdivide/simulate/{{tomo}}.tsv"
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/simulate_tomogram.py"
+
+
+rule pick:
+    input:
+        tomogram=sub_tomogram_file,
+    output:
+        picks=f"{SUB_DIR}/picks/{{tomo}}.star",
+    log:
+        f"{LOGS}/subdivide/pick/{{tomo}}.log",
+    params:
+        settings=sub_pick_params,
+        box_voxels=config["box_voxels"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/pick.py"
+
+
+rule pick_scores:
+    input:
+        picks=f"{SUB_DIR}/picks/{{tomo}}.star",
+        truth=sub_truth_file,
+    output:
+        f"{SUB_DIR}/picks/{{tomo}}_scores.tsv",
+    log:
+        f"{LOGS}/subdivide/pick_scores/{{tomo}}.log",
+    params:
+        tolerance_voxels=SUB["pick"]["tolerance_voxels"],
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/pick_scores.py"
+
+
+rule picking_summary:
+    input:
+        sub_pick_scores,
+    output:
+        report(
+            f"{SUB_DIR}/picking.tsv",
+            caption="../report/subdivide_picking.rst",
+            category="Subdivision",
+        ),
+    log:
+        f"{LOGS}/subdivide/picking_summary.log",
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/picking_summary.py"
+
+
+rule extract:
+    wildcard_constraints:
+        tomo=SUB_PICKED_PATTERN,
+    input:
+        tomogram=sub_tomogram_file,
+        picks=f"{SUB_DIR}/picks/{{tomo}}.star",
+        truth=sub_truth_file,
+    output:
+        f"{SUB_DIR}/particles/{{tomo}}.h5",
+    log:
+        f"{LOGS}/subdivide/extract/{{tomo}}.log",
+    params:
+        box_voxels=config["box_voxels"],
+        voxel_size_nm=config["voxel_size_nm"],
+        tilt_max_deg=SUB["tilt_max_deg"],
+        polarity=sub_polarity,
+        tolerance_voxels=SUB["pick"]["tolerance_voxels"],
+        seed=config["seed"],
+        **SUB["extract"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/extract.py"
+
+
+rule import_particles:
+    wildcard_constraints:
+        tomo=SUB_PARTICLES_PATTERN,
+    input:
+        sub_particle_source,
+    output:
+        f"{SUB_DIR}/particles/{{tomo}}.h5",
+    log:
+        f"{LOGS}/subdivide/import/{{tomo}}.log",
+    params:
+        polarity=lambda wc: SUB_PARTICLES[wc.tomo].get("polarity", "white"),
+        tilt_max_deg=SUB["tilt_max_deg"],
+        seed=config["seed"],
+        dtype=SUB["extract"]["dtype"],
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/import_particles.py"
+
+
+rule join_particles:
+    input:
+        sub_datasets,
+    output:
+        f"{SUB_DIR}/particles.h5",
+    log:
+        f"{LOGS}/subdivide/join.log",
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/join_particles.py"
+
+
+rule subdivide_features:
+    input:
+        model=SUB_MODEL or [],
+        data=f"{SUB_DIR}/particles.h5",
+        datasets=sub_datasets,
+    output:
+        f"{SUB_DIR}/features/shard-{{shard}}.h5",
+    log:
+        f"{LOGS}/subdivide/features/shard-{{shard}}.log",
+    params:
+        n_shards=SUB["shards"],
+        batch_size=SUB["batch_size"],
+        workers=SUB["workers"],
+    threads: SUB["threads"]
+    resources:
+        gpu=CLASSIFY["gpus"],
+        device=CLASSIFY["device"],
+        mem_mb=4000,
+        runtime=60,
+    benchmark:
+        f"results/benchmarks/subdivide/features/shard-{{shard}}.tsv"
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/subdivide_features.py"
+
+
+rule subdivide_cluster:
+    input:
+        features=sub_feature_shards,
+        data=f"{SUB_DIR}/particles.h5",
+        datasets=sub_datasets,
+    output:
+        summary=report(
+            f"{SUB_DIR}/summary.tsv",
+            caption="../report/subdivide_summary.rst",
+            category="Subdivision",
+        ),
+        clusters=report(
+            f"{SUB_DIR}/clusters.tsv",
+            caption="../report/subdivide_clusters.rst",
+            category="Subdivision",
+        ),
+        subsets=report(
+            directory(f"{SUB_DIR}/subsets"),
+            patterns=["{name}.star"],
+            caption="../report/subdivide_subsets.rst",
+            category="Subdivision",
+        ),
+        text=f"{SUB_DIR}/summary.txt",
+        made_from=f"{SUB_DIR}/subdivide.json",
+        sizes=report(
+            f"{SUB_DIR}/cluster_sizes.png",
+            caption="../report/subdivide_sizes.rst",
+            category="Subdivision",
+        ),
+        embedding=report(
+            f"{SUB_DIR}/embedding.png",
+            caption="../report/subdivide_embedding.rst",
+            category="Subdivision",
+        ),
+    log:
+        f"{LOGS}/subdivide/cluster.log",
+    params:
+        out_dir=lambda wildcards, output: Path(output.summary).parent,
+        k=SUB["k"],
+        seed=config["seed"],
+        embedding_points=SUB["embedding_points"],
+    threads: SUB["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/subdivide_cluster.py"
+
+
+rule subdivide_averages:
+    input:
+        clusters=f"{SUB_DIR}/clusters.tsv",
+        data=f"{SUB_DIR}/particles.h5",
+        datasets=sub_datasets,
+    output:
+        averages=directory(f"{SUB_DIR}/averages"),
+        montage=report(
+            f"{SUB_DIR}/averages.png",
+            caption="../report/subdivide_averages.rst",
+            category="Subdivision",
+        ),
+    log:
+        f"{LOGS}/subdivide/averages.log",
+    params:
+        out_dir=lambda wildcards, output: Path(output.montage).parent,
+        clusters=SUB["averages"],
+        max_members=SUB["average_members"],
+        iterations=SUB["average_iterations"],
+        seed=config["seed"],
+    threads: SUB["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/subdivide_averages.py"
+
+
+rule subdivide:
+    input:
+        sub_targets(),

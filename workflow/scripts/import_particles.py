@@ -1,0 +1,11 @@
+"""Rule import_particles: a RELION particles STAR file or MRC folder as a tomosift dataset."""
+
+from tomosift.extract import import_particles
+from tomosift.logs import log_to_file
+
+log = log_to_file(snakemake.log[0])
+params = snakemake.params
+summary = import_particles(snakemake.input[0], snakemake.output[0],
+                           tilt_max_deg=params.tilt_max_deg, polarity=params.polarity,
+                           seed=params.seed, dtype=params.dtype, progress=False)
+log.info("%s: %s", snakemake.output[0], summary)

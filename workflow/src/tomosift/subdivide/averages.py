@@ -1,0 +1,83 @@
+"""Reference-free averages of the largest clusters: a first look at what each subset holds.
+
+Each chosen cluster's average is :func:`tomosift.discovery.classify3d.classify` with one
+class on a seeded subsample of at most ``max_members`` members, the particles made bright as
+:func:`tomosift.discovery.particles.from_dataset` does and the tilt range the dataset records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tomosift.errors import TomosiftError
+
+AVERAGE_ITERATIONS = 2
+
+
+def chosen_clusters(table_clusters: np.ndarray, clusters: int | Sequence[int]) -> list[int]:
+    """Cluster numbers: the ``clusters`` largest (an int; ties to the smaller number) or the
+    numbers listed."""
+    numbers, sizes = np.unique(table_clusters, return_counts=True)
+    if isinstance(clusters, int | np.integer):
+        order = sorted(zip(numbers.tolist(), sizes.tolist(), strict=True),
+                       key=lambda item: (-item[1], item[0]))
+        return [number for number, _ in order[: int(clusters)]]
+    missing = sorted(set(int(c) for c in clusters) - set(numbers.tolist()))
+    if missing:
+        raise TomosiftError(f"no cluster {', '.join(str(m) for m in missing)} in the table "
+                            f"(clusters {numbers.min()}..{numbers.max()})")
+    return [int(c) for c in clusters]
+
+
+def cluster_averages(data_path: str | os.PathLike, clusters_tsv: str | os.PathLike,
+                     out_dir: str | os.PathLike, clusters: int | Sequence[int] = 3,
+                     max_members: int = 50, iterations: int = AVERAGE_ITERATIONS, seed: int = 1,
+                     threads: int | None = None, progress: bool = True) -> list[Path]:
+    """Write ``out_dir/averages/cluster_<ccc>.mrc`` (the data's voxel size) for the chosen
+    clusters of a ``clusters.tsv`` and ``out_dir/averages.png`` (central slices); an average
+    newer than the table is kept. Returns the MRC paths."""
+    import pandas as pd
+
+    from tomosift.classify.devices import limited_threads
+    from tomosift.discovery.classify3d import ClassifySettings, classify
+    from tomosift.discovery.particles import from_dataset
+    from tomosift.io import read_mrc, write_mrc
+    from tomosift.plots import density_montage
+
+    clusters_tsv = Path(clusters_tsv)
+    if not clusters_tsv.is_file():
+        raise TomosiftError(f"{clusters_tsv}: cluster table not found")
+    if max_members < 1:
+        raise TomosiftError(f"max_members must be >= 1, got {max_members}")
+    table = pd.read_csv(clusters_tsv, sep="\t")
+    indices = table["index"].to_numpy(dtype=np.int64)
+    numbers = table["cluster"].to_numpy(dtype=np.int64)
+    out = Path(out_dir)
+    paths, volumes, names, voxel = [], [], [], None
+    for number in chosen_clusters(numbers, clusters):
+        path = out / "averages" / f"cluster_{number:03d}.mrc"
+        if path.is_file() and path.stat().st_mtime >= clusters_tsv.stat().st_mtime:
+            volume, voxel = read_mrc(path)
+        else:
+            members = indices[numbers == number]
+            if len(members) > max_members:
+                rng = np.random.default_rng([seed, number])
+                members = np.sort(rng.choice(members, size=max_members, replace=False))
+            particles = from_dataset(data_path, members)
+            low, high = particles.tilt_range_deg
+            settings = ClassifySettings(classes=1, iterations=iterations, tilt_min_deg=low,
+                                        tilt_max_deg=high, seed=seed)
+            with limited_threads(threads):
+                volume = classify(particles.volumes, settings, progress=progress).averages[0]
+            voxel = particles.voxel_size_nm
+            write_mrc(path, volume, voxel)
+        paths.append(path)
+        volumes.append(volume)
+        names.append(f"cluster {number}")
+    if volumes:
+        density_montage(names, volumes, voxel, out / "averages.png")
+    return paths
