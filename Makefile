@@ -36,7 +36,7 @@ test: venv
 	$(BIN)/snakemake -n --quiet rules all --configfile config/paper.yaml
 	$(BIN)/snakemake -n --quiet rules all --configfile config/benchmark22.yaml
 	$(BIN)/snakemake -n --quiet rules all --configfile config/realistic.yaml
-	$(BIN)/snakemake -n --quiet rules subdivide --configfile config/subdivide.yaml
+	$(BIN)/snakemake subdivide -n --quiet rules --configfile config/subdivide.yaml
 
 clean:
 	rm -rf results .snakemake
