@@ -125,3 +125,23 @@ def test_bad_tomograms_are_refused_with_one_line(model, tomogram, tmp_path, caps
                  if line.startswith("tomosift: error")]  # other lines: progress
         assert len(error) == 1 and expected in error[0], error
         assert not (out / "subsets").exists()
+
+
+def test_particle_files_with_problems_are_refused(model, tmp_path, capsys):
+    write_mrc(tmp_path / "p1.mrc", np.zeros((BOX,) * 3, np.float32), VOXEL_NM)
+    (tmp_path / "particles.star").write_text(
+        "data_particles\n\nloop_\n_rlnImageName #1\n_rlnCoordinateX #2\n"
+        "p1.mrc 10\np2.mrc 20\n")
+    (tmp_path / "nocoords.star").write_text("data_particles\n\nloop_\n_rlnTomoName #1\np1\n")
+    cases = [
+        (("--data", tmp_path / "particles.star"), "particles.star: 1 of 2 images"),
+        (("--tomogram", tmp_path / "p1.mrc", "--picks", tmp_path / "nocoords.star"),
+         "nocoords.star: no coordinates"),
+    ]
+    for extra, expected in cases:
+        out = tmp_path / f"out{len(expected)}"
+        assert run("subdivide", "--model", model, "--k", 2, "--out-dir", out, *extra) == 2
+        error = [line for line in capsys.readouterr().err.splitlines()
+                 if line.startswith("tomosift: error")]
+        assert len(error) == 1 and expected in error[0], error
+        assert not (out / "particles.h5").exists()

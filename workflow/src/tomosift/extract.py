@@ -47,6 +47,7 @@ from tomosift.relion import (
     CENTERED_COLUMNS,
     COORDINATE_COLUMNS,
     centered_angstrom,
+    class_labels,
     coordinates_of,
     read_particles_star,
 )
@@ -186,24 +187,6 @@ def cut_cube(tomogram: np.ndarray, start_xyz: np.ndarray, cube_voxels: int) -> n
 
 
 # -- labels and split -------------------------------------------------------------------------
-
-def class_labels(class_numbers: np.ndarray, class_names: Sequence[str],
-                 path) -> tuple[np.ndarray, list[str]]:
-    """(N,) 0-based labels and the class names of 1-based RELION class numbers: the names of
-    the STAR's ``tomosift_classes`` block (label = number - 1), else the numbers that occur,
-    as strings, in increasing order."""
-    numbers = np.asarray(class_numbers)
-    if not np.all(np.isfinite(numbers.astype(np.float64))):
-        raise TomosiftError(f"{path}: rlnClassNumber holds missing values")
-    numbers = numbers.astype(np.int64)
-    if class_names:
-        if numbers.min() < 1 or numbers.max() > len(class_names):
-            raise TomosiftError(f"{path}: rlnClassNumber {int(numbers.max())} outside the "
-                                f"{len(class_names)} classes of its tomosift_classes block")
-        return numbers - 1, list(class_names)
-    values = sorted(set(numbers.tolist()))
-    return np.searchsorted(values, numbers).astype(np.int64), [str(v) for v in values]
-
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
     """(N,) ``train``/``test`` as S5: per class, ``round(count * test_fraction)`` seeded picks

@@ -371,20 +371,18 @@ def pick_tomogram(tomogram_path: str | os.PathLike, out_path: str | os.PathLike,
 def read_truth(truth_path: str | os.PathLike, tomogram_size_xyz: Sequence[int] | None = None,
                voxel_size_nm: float | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """True particles from a STAR file: (N, 3) x, y, z voxels, (N,) 0-based labels (from
-    rlnClassNumber; all 0 without it) and class names (its tomosift_classes block, completed
-    with "classN" for classes it does not name; ["particle"] when there is none)."""
-    from tomosift.relion import coordinates_of, read_particles_star
+    """True particles from a STAR file: (N, 3) x, y, z voxels, (N,) 0-based labels and class
+    names (:func:`tomosift.relion.class_labels`; one class "particle" without
+    rlnClassNumber)."""
+    from tomosift.relion import class_labels, coordinates_of, read_particles_star
 
     particles, _, class_names = read_particles_star(truth_path)
     xyz = coordinates_of(particles, truth_path, tomogram_size_xyz, voxel_size_nm)
-    if "rlnClassNumber" in particles.columns:
-        labels = particles["rlnClassNumber"].to_numpy(dtype=np.int64) - 1
-    else:
-        labels = np.zeros(len(particles), dtype=np.int64)
-    n_classes = int(labels.max()) + 1 if len(labels) else 0
-    names = list(class_names) + [f"class{c + 1}" for c in range(len(class_names), n_classes)]
-    return xyz, labels, names or ["particle"]
+    if "rlnClassNumber" not in particles.columns:
+        return xyz, np.zeros(len(particles), dtype=np.int64), ["particle"]
+    labels, names = class_labels(particles["rlnClassNumber"].to_numpy(), class_names,
+                                 truth_path)
+    return xyz, labels, names
 
 
 def score_pick_files(picks_path: str | os.PathLike, truth_path: str | os.PathLike,

@@ -138,3 +138,21 @@ def coordinates_of(particles: pd.DataFrame, path: str | os.PathLike,
         return angstrom / (voxel_size_nm * ANGSTROM_PER_NM) + centre
     raise TomosiftError(f"{path}: no coordinates (needs rlnCoordinateX/Y/Z or "
                         "rlnCenteredCoordinateX/Y/ZAngst)")
+
+
+def class_labels(class_numbers: np.ndarray, class_names: Sequence[str],
+                 path) -> tuple[np.ndarray, list[str]]:
+    """(N,) 0-based labels and the class names of 1-based RELION class numbers: the names of
+    the STAR's ``tomosift_classes`` block (label = number - 1), else the numbers that occur,
+    as strings, in increasing order."""
+    numbers = np.asarray(class_numbers)
+    if not np.all(np.isfinite(numbers.astype(np.float64))):
+        raise TomosiftError(f"{path}: rlnClassNumber holds missing values")
+    numbers = numbers.astype(np.int64)
+    if class_names:
+        if numbers.min() < 1 or numbers.max() > len(class_names):
+            raise TomosiftError(f"{path}: rlnClassNumber {int(numbers.max())} outside the "
+                                f"{len(class_names)} classes of its tomosift_classes block")
+        return numbers - 1, list(class_names)
+    values = sorted(set(numbers.tolist()))
+    return np.searchsorted(values, numbers).astype(np.int64), [str(v) for v in values]

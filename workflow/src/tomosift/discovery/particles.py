@@ -108,17 +108,11 @@ def from_star(path: str | os.PathLike, invert: bool = False) -> ParticleSet:
     """Particles of a RELION particles STAR file (3D subtomograms: ``rlnImageName`` naming MRC
     files, relative to the STAR file's folder); ``rlnClassNumber``, when present, becomes the
     labels."""
-    import starfile
+    from tomosift.relion import class_labels, read_particles_star
 
     path = Path(path)
-    if not path.is_file():
-        raise TomosiftError(f"{path}: file not found")
-    try:
-        tables = starfile.read(path, always_dict=True)
-    except Exception as error:
-        raise TomosiftError(f"{path}: not a readable STAR file ({error})") from error
-    table = tables.get("particles", next(iter(tables.values()), None))
-    if table is None or "rlnImageName" not in getattr(table, "columns", ()):
+    table, _, names = read_particles_star(path)
+    if "rlnImageName" not in table.columns:
         raise TomosiftError(f"{path}: no particles table with rlnImageName")
     files = [(path.parent / str(name).split("@")[-1]) for name in table["rlnImageName"]]
     missing = [str(f) for f in files if not f.is_file()]
@@ -126,10 +120,8 @@ def from_star(path: str | os.PathLike, invert: bool = False) -> ParticleSet:
         raise TomosiftError(f"{path}: {len(missing)} image(s) not found, first {missing[0]}")
     particles = from_mrc_files(files, invert)
     if "rlnClassNumber" in table.columns:
-        classes = table["rlnClassNumber"].to_numpy().astype(np.int64)
-        values = sorted(set(classes.tolist()))
-        particles.labels = np.searchsorted(values, classes)
-        particles.class_names = [str(v) for v in values]
+        particles.labels, particles.class_names = class_labels(
+            table["rlnClassNumber"].to_numpy(), names, path)
     return particles
 
 
