@@ -168,20 +168,27 @@ def find_peaks(response: np.ndarray, min_distance_voxels: float, edge_voxels: fl
     return positions[:, ::-1].copy(), scores
 
 
-def _suppress(points: np.ndarray, min_distance: float | np.ndarray) -> np.ndarray:
+def _suppress(points: np.ndarray, min_distance: float | np.ndarray,
+              pairwise: bool = False) -> np.ndarray:
     """Indices of points (sorted best first) kept by greedy non-maximum suppression: a kept
-    point removes the later ones closer than its distance (one for all, or (P,) per point)."""
+    point removes the later ones closer than its distance (one for all, or (P,) per point),
+    or with ``pairwise`` closer than the sum of both points' distances (overlapping blobs)."""
     radii = np.broadcast_to(np.asarray(min_distance, dtype=np.float64), (len(points),))
     if len(points) == 0 or radii.max() <= 0:
         return np.arange(len(points))
     tree = cKDTree(points)
+    reach = radii.max() if pairwise else 0.0
     removed = np.zeros(len(points), dtype=bool)
     kept = []
     for i in range(len(points)):
         if removed[i]:
             continue
         kept.append(i)
-        removed[tree.query_ball_point(points[i], radii[i] - 1e-9)] = True
+        near = np.asarray(tree.query_ball_point(points[i], radii[i] + reach), np.int64)
+        distance = np.linalg.norm(points[near] - points[i], axis=1)
+        too_close = (distance < radii[i] + radii[near] if pairwise
+                     else distance <= radii[i] - 1e-9)
+        removed[near[too_close]] = True
     return np.asarray(kept, dtype=np.int64)
 
 
@@ -258,17 +265,7 @@ def _multiscale_peaks(volume: np.ndarray, voxel_size_nm: float, sigmas_nm: Seque
     points, z_all, r_all = points[order], z_all[order], r_all[order]
     if len(points) == 0:
         return points, z_all
-    tree = cKDTree(points)
-    removed = np.zeros(len(points), dtype=bool)
-    kept = []
-    for i in range(len(points)):
-        if removed[i]:
-            continue
-        kept.append(i)
-        near = np.asarray(tree.query_ball_point(points[i], r_all[i] + r_all.max()), np.int64)
-        distance = np.linalg.norm(points[near] - points[i], axis=1)
-        removed[near[distance < r_all[i] + r_all[near]]] = True
-    kept = np.asarray(kept, dtype=np.int64)
+    kept = _suppress(points, r_all, pairwise=True)
     points, z_all = points[kept], z_all[kept]
     best = np.argsort(-z_all, kind="stable")
     return points[best], z_all[best]
