@@ -11,7 +11,7 @@ picks with (a) the paper's settings (σ = 7 nm, K = 1.1, one scale), (b) the siz
 multi-scale DoG (σ from r_min / √3 to r_max / √3, r the radius of the ball with each map's
 radius of gyration, r = √(5/3) R_g: a ball of radius r responds most at σ = r / √3) and (c)
 the multi-scale DoG over a generic 2-7 nm, all else default (robust z >= 5; multi-scale:
-largest-blob-first non-maximum suppression, see tomosift.pick.PickSettings). Prints, per
+largest-blob-first non-maximum suppression, see tomosift.tomograms.pick.PickSettings). Prints, per
 tomogram and setting: picks, precision, recall and false picks within 2 voxels, recall and
 precision within 3 and 4 voxels (is localisation the limit?), recall per class (with its
 radius) and picking seconds.
@@ -36,10 +36,10 @@ import numpy as np  # noqa: E402
 from machine import machine_line  # noqa: E402
 
 from tomosift.density import DensitySettings, make_density  # noqa: E402
-from tomosift.pick import PickSettings, pick, pick_scores  # noqa: E402
 from tomosift.simulate.cell import TomogramPlan, simulate_tomogram  # noqa: E402
 from tomosift.simulate.tomography import SimulationSettings  # noqa: E402
 from tomosift.structures import find_in_dirs, search_dirs  # noqa: E402
+from tomosift.tomograms.pick import PickSettings, pick, pick_scores  # noqa: E402
 
 STRUCTURES = ("3hhb", "1bxn", "1u6g", "3cf3", "1qvr", "4v4r_30s")
 VOXEL_NM = 0.92

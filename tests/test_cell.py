@@ -183,7 +183,7 @@ def test_slab_and_polarity(small_maps):
 def test_truth_star_round_trip_and_same_bytes(small_maps, tmp_path):
     from tomosift.discovery.rotations import relion_matrix
     from tomosift.io import read_mrc
-    from tomosift.relion import read_particles_star
+    from tomosift.tomograms.relion import read_particles_star
 
     plan = TomogramPlan(size_voxels=64, n_particles=6, seed=7)
     paths = []
@@ -212,7 +212,7 @@ def test_truth_star_round_trip_and_same_bytes(small_maps, tmp_path):
 
 def test_cli_end_to_end(structure_path, tmp_path, capsys):
     from tomosift.cli import main
-    from tomosift.relion import read_particles_star
+    from tomosift.tomograms.relion import read_particles_star
 
     out, truth = tmp_path / "cell.mrc", tmp_path / "cell.star"
     code = main(["simulate-tomogram", "--structures", str(structure_path("3hhb")),

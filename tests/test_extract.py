@@ -12,9 +12,11 @@ from tomosift.classify.inputs import fourier_crop, read_split
 from tomosift.cli import main
 from tomosift.datasets import class_names_of, open_dataset
 from tomosift.errors import TomosiftError
-from tomosift.extract import extract_subtomograms, import_particles, stratified_split
 from tomosift.io import write_mrc, write_star
-from tomosift.relion import (
+from tomosift.tomograms.extract import extract_subtomograms
+from tomosift.tomograms.imports import import_particles
+from tomosift.tomograms.records import stratified_split
+from tomosift.tomograms.relion import (
     CENTERED_COLUMNS,
     centered_angstrom,
     particle_table,

@@ -8,9 +8,9 @@ import pytest
 
 from tomosift.datasets import class_names_of, open_dataset
 from tomosift.errors import TomosiftError
-from tomosift.extract import import_particles
 from tomosift.io import write_mrc
-from tomosift.joined import join_particle_datasets
+from tomosift.tomograms.imports import import_particles
+from tomosift.tomograms.joined import join_particle_datasets
 
 
 def class_folder(root, classes: dict[str, int], voxel_nm: float, rng, box: int = 8):
@@ -63,7 +63,7 @@ def test_unknown_labels_stay_unknown(tmp_path, rng):
 
 
 def test_join_keeps_shared_attributes_and_centred_positions(tmp_path, rng):
-    from tomosift.extract import ParticleRecords, write_particle_dataset
+    from tomosift.tomograms.records import ParticleRecords, write_particle_dataset
 
     def dataset(name, n, picks, centred):
         records = ParticleRecords([name] * n, np.full((n, 3), 5.0), np.full((n, 3), 64),

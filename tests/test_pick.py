@@ -1,4 +1,4 @@
-"""Template-free DoG picking (tomosift.pick) on synthetic volumes with known centres."""
+"""Template-free DoG picking (tomosift.tomograms.pick) on synthetic volumes with known centres."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from scipy import ndimage
 from tomosift.cli import main
 from tomosift.errors import TomosiftError
 from tomosift.io import write_mrc
-from tomosift.pick import (
+from tomosift.tomograms.pick import (
     PickSettings,
     difference_of_gaussians,
     find_peaks,
@@ -204,7 +204,7 @@ def test_match_picks_is_one_to_one_and_optimal():
 
 
 def test_write_picks_round_trip(tmp_path):
-    from tomosift.relion import coordinates_of, read_particles_star
+    from tomosift.tomograms.relion import coordinates_of, read_particles_star
 
     positions = np.array([[10.25, 20.5, 5.0], [40.0, 30.0, 12.75]])
     path = tmp_path / "p.star"
@@ -220,7 +220,7 @@ def test_write_picks_round_trip(tmp_path):
 
 
 def test_cli_end_to_end(tmp_path, crowd, capsys):
-    from tomosift.relion import particle_table, read_particles_star, write_particles_star
+    from tomosift.tomograms.relion import particle_table, read_particles_star, write_particles_star
 
     volume, centres, labels = crowd
     tomogram, truth, out = tmp_path / "T.mrc", tmp_path / "truth.star", tmp_path / "picks.star"
@@ -254,7 +254,7 @@ def test_cli_no_particles_writes_nothing(tmp_path, capsys):
 
 
 def test_file_level_pick_and_score_round_trip(tmp_path, crowd):
-    from tomosift.relion import particle_table, read_particles_star, write_particles_star
+    from tomosift.tomograms.relion import particle_table, read_particles_star, write_particles_star
 
     volume, centres, labels = crowd
     tomogram, truth, out = tmp_path / "T7.mrc", tmp_path / "truth.star", tmp_path / "p.star"

@@ -21,7 +21,6 @@ from tomosift.discovery.features import cnn_features, read_features
 from tomosift.errors import TomosiftError
 from tomosift.io import read_mrc
 from tomosift.recipe import TrainingSettings
-from tomosift.relion import read_particles_star
 from tomosift.subdivide import (
     check_model_matches,
     gather_and_cluster,
@@ -30,6 +29,7 @@ from tomosift.subdivide import (
 )
 from tomosift.subdivide import shards as shards_module
 from tomosift.subdivide.clusters import gather_features
+from tomosift.tomograms.relion import read_particles_star
 
 BOX = 24
 VOXEL_NM = 0.92
@@ -277,9 +277,9 @@ def test_streaming_kmeans_beyond_the_threshold(monkeypatch):
 def _imported(tmp_path, n=4, star=False):
     """A dataset imported from a folder of MRC files or, with ``star``, from a particles STAR
     with only centred coordinates; returns (path, centred Å or None)."""
-    from tomosift.extract import import_particles
     from tomosift.io import write_mrc
-    from tomosift.relion import particle_table, write_particles_star
+    from tomosift.tomograms.imports import import_particles
+    from tomosift.tomograms.relion import particle_table, write_particles_star
 
     rng = np.random.default_rng(2)
     folder = tmp_path / "Subtomograms"

@@ -16,11 +16,11 @@ from tomosift.datasets import DatasetPlan, simulate_shard
 from tomosift.density import DensitySettings, make_density
 from tomosift.discovery.features import read_features
 from tomosift.io import read_mrc, write_mrc
-from tomosift.pick import match_picks
 from tomosift.recipe import TrainingSettings
-from tomosift.relion import coordinates_of, read_particles_star
 from tomosift.simulate.cell import TomogramPlan, simulate_tomogram, write_tomogram
 from tomosift.simulate.tomography import SimulationSettings
+from tomosift.tomograms.pick import match_picks
+from tomosift.tomograms.relion import coordinates_of, read_particles_star
 
 BOX = 24
 VOXEL_NM = 0.92

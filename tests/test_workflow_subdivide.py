@@ -10,7 +10,7 @@ import pytest
 from test_workflow import digests, snakemake
 
 from tomosift.io import read_mrc
-from tomosift.relion import read_particles_star
+from tomosift.tomograms.relion import read_particles_star
 
 TINY_SUBDIVIDE = """
 seed: 4

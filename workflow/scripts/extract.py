@@ -1,7 +1,7 @@
 """Rule extract: the subtomograms at one tomogram's picks, as a tomosift dataset."""
 
-from tomosift.extract import extract_subtomograms
 from tomosift.logs import log_to_file
+from tomosift.tomograms.extract import extract_subtomograms
 
 log = log_to_file(snakemake.log[0])
 params = snakemake.params

@@ -1,7 +1,7 @@
 """Rule import_particles: a RELION particles STAR file or MRC folder as a tomosift dataset."""
 
-from tomosift.extract import import_particles
 from tomosift.logs import log_to_file
+from tomosift.tomograms.imports import import_particles
 
 log = log_to_file(snakemake.log[0])
 params = snakemake.params

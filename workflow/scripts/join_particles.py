@@ -1,7 +1,7 @@
 """Rule join_particles: every input's dataset as one dataset (volumes stay in their files)."""
 
-from tomosift.joined import join_particle_datasets
 from tomosift.logs import log_to_file
+from tomosift.tomograms.joined import join_particle_datasets
 
 log = log_to_file(snakemake.log[0])
 count = join_particle_datasets(snakemake.input, snakemake.output[0])

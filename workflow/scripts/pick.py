@@ -1,7 +1,7 @@
 """Rule pick: difference-of-Gaussian picks of one tomogram (a RELION 5 STAR file)."""
 
 from tomosift.logs import log_to_file
-from tomosift.pick import PickSettings, pick_tomogram
+from tomosift.tomograms.pick import PickSettings, pick_tomogram
 
 log = log_to_file(snakemake.log[0])
 chosen = {key: value for key, value in snakemake.params.settings.items() if value is not None}

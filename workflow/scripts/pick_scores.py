@@ -2,7 +2,7 @@
 
 from tomosift.io import write_text
 from tomosift.logs import log_to_file
-from tomosift.pick import score_pick_files
+from tomosift.tomograms.pick import score_pick_files
 
 log = log_to_file(snakemake.log[0])
 table = score_pick_files(snakemake.input.picks, snakemake.input.truth,

@@ -29,7 +29,7 @@ truth/neighbour_rotations  (N, K, 3, 3)  crowding only: neighbour rotations
 ========================== ============= ======================================================
 
 Datasets of real or simulated tomograms (``tomosift extract``, ``tomosift import-particles``,
-see :mod:`tomosift.extract`) have no ``truth/`` group but an optional ``particles/`` group:
+see :mod:`tomosift.tomograms`) have no ``truth/`` group but an optional ``particles/`` group:
 where each subtomogram came from. Unknown labels are -1 (``class_names`` may then be empty and
 every ``split`` value is ``test``); the attribute ``labels_known`` says which case it is, and
 ``source`` names the input:

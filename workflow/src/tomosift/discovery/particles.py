@@ -108,7 +108,7 @@ def from_star(path: str | os.PathLike, invert: bool = False) -> ParticleSet:
     """Particles of a RELION particles STAR file (3D subtomograms: ``rlnImageName`` naming MRC
     files, relative to the STAR file's folder); ``rlnClassNumber``, when present, becomes the
     labels."""
-    from tomosift.relion import class_labels, read_particles_star
+    from tomosift.tomograms.relion import class_labels, read_particles_star
 
     path = Path(path)
     table, _, names = read_particles_star(path)

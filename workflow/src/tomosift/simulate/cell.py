@@ -47,8 +47,8 @@ Speed (one core): the per-particle sampling costs O(number of slice samples) = O
 whatever the particle's size; see :func:`simulate_tomogram` for measured times.
 
 Positions are x, y, z voxel coordinates of the output volume (voxel i covers [i - 0.5,
-i + 0.5], as in :mod:`tomosift.relion`); a particle with rotation R at position p is the map
-placed as ``f(R^T (x - p))``, so its RELION angles are ``relion_angles(R.T)``.
+i + 0.5], as in :mod:`tomosift.tomograms.relion`); a particle with rotation R at position p is
+the map placed as ``f(R^T (x - p))``, so its RELION angles are ``relion_angles(R.T)``.
 """
 
 from __future__ import annotations
@@ -345,7 +345,7 @@ def truth_table(tomogram: SimulatedTomogram, tomo_name: str):
     """The RELION particles table (pandas DataFrame) of a tomogram's truth: coordinates,
     angles of ``R.T`` and 1-based class numbers."""
     from tomosift.discovery.rotations import relion_angles
-    from tomosift.relion import particle_table
+    from tomosift.tomograms.relion import particle_table
 
     angles = np.array([relion_angles(r.T) for r in tomogram.rotations]).reshape(-1, 3)
     return particle_table(tomo_name, tomogram.positions_voxels, tomogram.size_xyz,
@@ -358,7 +358,7 @@ def write_tomogram(tomogram: SimulatedTomogram, tomogram_path: str | os.PathLike
     """Write the tomogram (MRC) and its truth (STAR, with the class names), each atomically;
     ``box_voxels`` is the box the STAR's optics block announces for extraction."""
     from tomosift.io import write_mrc
-    from tomosift.relion import write_particles_star
+    from tomosift.tomograms.relion import write_particles_star
 
     table = truth_table(tomogram, tomo_name)
     write_mrc(tomogram_path, tomogram.volume, tomogram.voxel_size_nm)

@@ -1,13 +1,13 @@
 """What subdivision writes: the cluster table, the summary, RELION subsets and two plots.
 
-STAR subsets (RELION 5, :func:`tomosift.relion.write_particles_star`): an optics block with
-the subtomograms' voxel size and box, and one row per particle with ``rlnClassNumber`` = its
-cluster (1-based). When the dataset has a ``particles/`` group (particles extracted from, or
-imported with, tomograms) the rows carry ``rlnTomoName`` and ``rlnTomoParticleName``
-(tomo/index + 1) unless every name is empty, ``rlnCoordinateX/Y/Z`` (tomogram voxels,
-copied) when every particle's is known, ``rlnCenteredCoordinate*Angst`` (the stored
-``particles/centered_angst``, else computed from the coordinates and the tomograms' sizes)
-when every particle's is known, the angles when all are known and ``rlnImageName`` when
+STAR subsets (RELION 5, :func:`tomosift.tomograms.relion.write_particles_star`): an optics
+block with the subtomograms' voxel size and box, and one row per particle with
+``rlnClassNumber`` = its cluster (1-based). When the dataset has a ``particles/`` group
+(particles extracted from, or imported with, tomograms) the rows carry ``rlnTomoName`` and
+``rlnTomoParticleName`` (tomo/index + 1) unless every name is empty, ``rlnCoordinateX/Y/Z``
+(tomogram voxels, copied) when every particle's is known, ``rlnCenteredCoordinate*Angst`` (the
+stored ``particles/centered_angst``, else computed from the coordinates and the tomograms'
+sizes) when every particle's is known, the angles when all are known and ``rlnImageName`` when
 every particle has one: no column holds a missing value, which RELION could not parse. A
 simulated dataset has no positions: its rows name the particle by ``tomosiftIndex`` (the
 dataset index) only, and the summary says so. Every row also has ``tomosiftIndex``,
@@ -84,7 +84,7 @@ def particles_table(indices: np.ndarray, clusters: np.ndarray, distances: np.nda
                     meta: dict | None, true_classes: Sequence[str] | None) -> pd.DataFrame:
     """The RELION particles table of every particle (rows in dataset-index order); columns
     of unknown values are left out (see the module docstring)."""
-    from tomosift.relion import CENTERED_COLUMNS, COORDINATE_COLUMNS, particle_table
+    from tomosift.tomograms.relion import CENTERED_COLUMNS, COORDINATE_COLUMNS, particle_table
 
     indices = np.asarray(indices, dtype=np.int64)
     clusters = np.asarray(clusters, dtype=np.int64)
@@ -126,7 +126,7 @@ def particles_table(indices: np.ndarray, clusters: np.ndarray, distances: np.nda
 def write_subsets(folder: str | os.PathLike, table: pd.DataFrame, voxel_size_nm: float,
                   box_voxels: int) -> list[Path]:
     """``all.star`` and ``cluster_<ccc>.star`` per non-empty cluster; returns their paths."""
-    from tomosift.relion import write_particles_star
+    from tomosift.tomograms.relion import write_particles_star
 
     folder = Path(folder)
     written = [folder / "all.star"]

@@ -188,7 +188,7 @@ def dataset_of(data_path: str | os.PathLike, out_dir: str | os.PathLike,
     target = Path(out_dir) / "particles.h5"
     if target.is_file() and target.stat().st_mtime >= _newest_mtime(source):
         return target
-    from tomosift.extract import import_particles
+    from tomosift.tomograms.imports import import_particles
 
     import_particles(source, target, progress=progress)
     return target
@@ -233,10 +233,10 @@ def subdivide_tomogram(model_path: str | os.PathLike, tomogram_path: str | os.Pa
     from dataclasses import asdict
 
     from tomosift.classify.modelfile import load_model
-    from tomosift.extract import extract_subtomograms, source_box
     from tomosift.io import mrc_voxel_size_nm
-    from tomosift.pick import PickSettings, pick_tomogram
     from tomosift.subdivide.shards import VOXEL_SIZE_TOLERANCE, check_model_matches, file_sha256
+    from tomosift.tomograms.extract import extract_subtomograms, source_box
+    from tomosift.tomograms.pick import PickSettings, pick_tomogram
 
     out = Path(out_dir)
     tomogram = Path(tomogram_path)

@@ -334,7 +334,7 @@ def write_picks(path: str | os.PathLike, positions_xyz: np.ndarray, scores: np.n
                 box_voxels: int = 40) -> None:
     """Write picks as a RELION 5 particles STAR file (atomically), the score as
     ``rlnAutopickFigureOfMerit``; the optics block names the box extraction will cut."""
-    from tomosift.relion import particle_table, write_particles_star
+    from tomosift.tomograms.relion import particle_table, write_particles_star
 
     size_xyz = tuple(int(n) for n in tomogram_shape_zyx)[::-1]
     table = particle_table(tomo_name, positions_xyz, size_xyz, voxel_size_nm,
@@ -369,9 +369,9 @@ def read_truth(truth_path: str | os.PathLike, tomogram_size_xyz: Sequence[int] |
                voxel_size_nm: float | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """True particles from a STAR file: (N, 3) x, y, z voxels, (N,) 0-based labels and class
-    names (:func:`tomosift.relion.class_labels`; one class "particle" without
+    names (:func:`tomosift.tomograms.relion.class_labels`; one class "particle" without
     rlnClassNumber)."""
-    from tomosift.relion import class_labels, coordinates_of, read_particles_star
+    from tomosift.tomograms.relion import class_labels, coordinates_of, read_particles_star
 
     particles, _, class_names = read_particles_star(truth_path)
     xyz = coordinates_of(particles, truth_path, tomogram_size_xyz, voxel_size_nm)
@@ -386,7 +386,7 @@ def score_pick_files(picks_path: str | os.PathLike, truth_path: str | os.PathLik
                      tolerance_voxels: float = 2.0) -> pd.DataFrame:
     """``pick_scores`` of a picks STAR file against a truth STAR file (class names from the
     truth's tomosift_classes block)."""
-    from tomosift.relion import coordinates_of, read_particles_star
+    from tomosift.tomograms.relion import coordinates_of, read_particles_star
 
     picks, _, _ = read_particles_star(picks_path)
     picked = coordinates_of(picks, picks_path)

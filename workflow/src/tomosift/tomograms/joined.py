@@ -1,15 +1,15 @@
 """Several particle datasets (one per tomogram or particle file) as one dataset.
 
-The subdivision gathers every input into one dataset so that features are computed in shards
-of one index range and clustered together. As :func:`tomosift.datasets.join_shards` does for
+The subdivision gathers every input into one dataset so that features are computed in shards of
+one index range and clustered together. As :func:`tomosift.datasets.join_shards` does for
 simulated shards, the joined file maps ``volumes`` onto the inputs' volumes through an HDF5
 virtual dataset (paths relative to the joined file: nothing large is copied) and copies the
 small arrays: labels (renumbered into the union of the inputs' class names, in order of first
 appearance; -1 stays unknown), splits and the ``particles/`` group (see
-:mod:`tomosift.extract`). Inputs must agree on box, voxel size, polarity, tilt range, volume
-type and the tomograms' voxel size. The joined file keeps only the attributes that describe
-every input alike (:data:`JOINED_ATTRS`, when all inputs agree), not per-input ones such as
-``picks`` or ``n_skipped_edge``; ``source`` lists the inputs.
+:mod:`tomosift.tomograms.records`). Inputs must agree on box, voxel size, polarity, tilt range,
+volume type and the tomograms' voxel size. The joined file keeps only the attributes that
+describe every input alike (:data:`JOINED_ATTRS`, when all inputs agree), not per-input ones
+such as ``picks`` or ``n_skipped_edge``; ``source`` lists the inputs.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 
 from tomosift.datasets import UntimedLayout, class_names_of, open_dataset
 from tomosift.errors import TomosiftError
-from tomosift.extract import PARTICLE_ARRAYS, ParticleRecords, write_particle_records
 from tomosift.io import atomic_path
+from tomosift.tomograms.records import PARTICLE_ARRAYS, ParticleRecords, write_particle_records
 
 # Attributes every input must share (compared exactly).
 SHARED_ATTRS = ("polarity", "tilt_max_deg")

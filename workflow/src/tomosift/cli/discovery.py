@@ -1,4 +1,4 @@
-"""The discovery verbs of the ``tomosift`` command line: ``features``, ``cluster``, ``align``,
+"""The discovery verbs: ``features``, ``cluster``, ``align``,
 ``average`` and ``fsc`` (argument parsing only; the work is in the discovery modules)."""
 
 from __future__ import annotations
