@@ -41,9 +41,18 @@ particles/tomogram_size_xyz     (N, 3) i8     the tomogram's size in voxels (0: 
 particles/angles_deg            (N, 3) f8     RELION rot, tilt, psi (NaN: unknown)
 particles/image_name            (N,) str      the source MRC of an imported subtomogram, else ''
 particles/centered_angst        (N, 3) f8     RELION 5 centred x, y, z in Å (NaN: unknown)
+particles/defocus_um            (N,) f8       optional: mean defocus over the particle's tilts
+                                              (underfocus > 0; 2D-stack imports)
+fourier_weights                 (N, n, n,     optional, top level, one particle per chunk:
+                                n//2+1) f4    summed CTF² x dose weight² of the tilts the
+                                              particle was reconstructed from, rfftn layout in
+                                              its own (tomogram-aligned) frame, 0 unobserved
 =============================== ============= ================================================
 
-with the attribute ``particles.attrs["tomogram_voxel_size_nm"]`` (NaN when unknown).
+with the attribute ``particles.attrs["tomogram_voxel_size_nm"]`` (NaN when unknown). When
+``fourier_weights`` is present, the file attribute ``ctf_corrected`` True says the volumes are
+already CTF-corrected (Wiener-divided wherever the weight is > 0; see
+:mod:`tomosift.tomograms.stacks`).
 
 File attributes record every physical and random parameter (voxel size, box, noise model
 with its SNR or dose, tilt range and step, CTF/MTF, ice, crowding, reconstruction mode, seed,

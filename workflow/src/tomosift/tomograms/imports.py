@@ -1,8 +1,10 @@
 """Existing subtomograms into a dataset: ``tomosift import-particles``.
 
 Sources: a RELION particles STAR file of 3D subtomograms (``rlnImageName`` naming MRC files),
-a folder of MRC files, or a folder of class folders. The dataset is written by
-:func:`tomosift.tomograms.records.write_particle_dataset`, streaming.
+a RELION 5 / WarpTools 2D-stack export (an optimisation set, or a particles STAR with
+``rlnTomoSubTomosAre2DStacks 1`` and its tomograms file; reconstructed by
+:mod:`tomosift.tomograms.stacks`), a folder of MRC files, or a folder of class folders. The
+dataset is written by :func:`tomosift.tomograms.records.write_particle_dataset`, streaming.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from tomosift.tomograms.relion import (
     class_labels,
     coordinates_of,
     read_particles_star,
+)
+from tomosift.tomograms.stacks import (
+    import_stack_particles,
+    is_2d_stack_star,
+    is_optimisation_set,
 )
 
 MRC_SUFFIXES = (".mrc", ".map", ".rec")
@@ -65,8 +72,10 @@ def import_particles(
     seed: int = 1,
     dtype: str = "float32",
     progress: bool = True,
+    tomograms=None,
 ) -> ImportSummary:
-    """Copy existing subtomograms (MRC files) into a dataset file, streaming.
+    """Copy existing subtomograms (MRC files) into a dataset file, streaming; reconstruct
+    2D-stack particles (:func:`tomosift.tomograms.stacks.import_stack_particles`).
 
     Args:
         source: a RELION 5 particles STAR file (3D subtomograms: ``rlnImageName`` naming MRC
@@ -80,9 +89,16 @@ def import_particles(
         test_fraction, seed: the stratified split of labelled particles.
         dtype: float32 or float16 volumes.
         progress: report progress on stderr.
+        tomograms: the tomograms STAR of a 2D-stack particles file (default: the one its
+            optimisation set names, or one found beside it); the tilt range then comes from
+            its projection matrices and ``tilt_max_deg`` is ignored.
     """
     check_options(tilt_max_deg, polarity, test_fraction, dtype)
     source = Path(source)
+    if source.is_file() and (tomograms is not None or is_optimisation_set(source)
+                             or is_2d_stack_star(source)):
+        return import_stack_particles(source, out_path, tomograms, polarity, labels,
+                                      test_fraction, seed, dtype, progress)
     if source.is_dir():
         files, class_labels_, names, records = _folder_particles(source)
         expected_voxel_nm = None
@@ -138,25 +154,9 @@ def _folder_particles(folder: Path):
             ParticleRecords.unknown(len(files), [str(f) for f in files]))
 
 
-def _refuse_2d_stacks(path: Path) -> None:
-    """One-line error for RELION 5 pseudo-subtomograms (``rlnTomoSubTomosAre2DStacks`` 1)."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            fields = line.split()
-            if len(fields) >= 2 and fields[0] == "_rlnTomoSubTomosAre2DStacks":
-                if fields[1] == "1":
-                    raise TomosiftError(f"{path}: the subtomograms are 2D stacks "
-                                        "(rlnTomoSubTomosAre2DStacks 1), which are not "
-                                        "supported; write 3D subtomograms with RELION")
-                return
-            if fields[:1] == ["data_particles"]:
-                return
-
-
 def _star_particles(path: Path):
     """(files, labels or None, class names, records, optics voxel nm or None) of a STAR."""
     particles, optics, star_class_names = read_particles_star(path)
-    _refuse_2d_stacks(path)
     if "rlnImageName" not in particles.columns:
         raise TomosiftError(f"{path}: no rlnImageName column (a particles STAR of "
                             "subtomogram images is needed; for picks use tomosift extract)")

@@ -92,10 +92,16 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
 def write_particle_dataset(out_path, volumes: Iterator[np.ndarray], n: int, box_voxels: int,
                            labels: np.ndarray, class_names: Sequence[str],
                            records: ParticleRecords, split: np.ndarray, attrs: dict,
-                           dtype: str = "float32", progress: bool = True) -> None:
+                           dtype: str = "float32", progress: bool = True,
+                           fourier_weights: bool = False,
+                           particle_extras: dict[str, np.ndarray] | None = None) -> None:
     """Stream ``n`` (box, box, box) volumes into a dataset file, atomically and reproducibly.
 
     ``volumes`` may raise :class:`TomosiftError` at any point: nothing is then left behind.
+    With ``fourier_weights`` it yields (volume, weights) pairs instead, the weights
+    (box, box, box // 2 + 1) written to the top-level ``fourier_weights`` dataset (one particle
+    per chunk). ``particle_extras``: further (n,) arrays of the ``particles/`` group (e.g.
+    ``defocus_um``).
     """
     out_path = Path(out_path)
     string = h5py.string_dtype("utf-8")
@@ -103,10 +109,19 @@ def write_particle_dataset(out_path, volumes: Iterator[np.ndarray], n: int, box_
         dataset = h5.create_dataset("volumes", shape=(n, box_voxels, box_voxels, box_voxels),
                                     dtype=np.dtype(dtype), chunks=(1, *(box_voxels,) * 3),
                                     track_times=False)
+        weights = None
+        if fourier_weights:
+            shape = (box_voxels, box_voxels, box_voxels // 2 + 1)
+            weights = h5.create_dataset("fourier_weights", shape=(n, *shape), dtype=np.float32,
+                                        chunks=(1, *shape), track_times=False)
         bar = progress_bar(total=n, desc=out_path.name, unit="subtomo", enabled=progress)
         written = 0
         with bar:
-            for volume in volumes:
+            for item in volumes:
+                volume = item
+                if weights is not None:
+                    volume, weight = item
+                    weights[written] = np.asarray(weight, dtype=np.float32)
                 dataset[written] = volume.astype(dtype)
                 written += 1
                 bar.update(1)
@@ -116,7 +131,10 @@ def write_particle_dataset(out_path, volumes: Iterator[np.ndarray], n: int, box_
         h5.create_dataset("class_names", shape=(len(class_names),), dtype=string,
                           data=list(class_names) or None, track_times=False)
         h5.create_dataset("split", data=np.asarray(split, dtype="S5"), track_times=False)
-        write_particle_records(h5.create_group(PARTICLES_GROUP, track_order=True), records)
+        group = h5.create_group(PARTICLES_GROUP, track_order=True)
+        write_particle_records(group, records)
+        for name, values in (particle_extras or {}).items():
+            group.create_dataset(name, data=np.asarray(values), track_times=False)
         for key, value in {"tomosift_version": __version__, **attrs}.items():
             h5.attrs[key] = value
 
