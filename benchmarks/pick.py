@@ -2,7 +2,7 @@
 
     TOMOSIFT_STRUCTURE_DIRS=../shared/structures:../shared/maps python benchmarks/pick.py \
         [--size 256] [--thickness 128] [--crowding 50 100 160] [--seeds 1 2 3] \
-        [--dev-seed 100] [--cache-dir DIR]
+        [--dev-seed 100] [--cache-dir DIR] [--by-mass --out-dir DIR]
 
 Simulates one tomogram per (crowding, seed) pair (N x N x thickness voxels at 0.92 nm, dose
 100 e/Å², ±60° in 2° steps, the optics' default CTF: particles dark), with six structures of
@@ -18,6 +18,15 @@ radius) and picking seconds.
 The issue's bar: recall >= 0.9 with <= 10% false picks. ``--dev-seed``: a development
 tomogram (medium crowding) on which the analysis of failures was done; the reported tomograms
 use other seeds. numpy/scipy run on one thread.
+
+``--by-mass`` (issue 18): a ladder of eleven complexes from 38 to 729 kDa (``MASS_LADDER``;
+mass from the atom model), and the paper's DoG against CTF-corrected DoGs (the defocus is the
+simulator's, 5 µm; :func:`tomosift.tomograms.pick.ctf_correct`) on the same tomograms, with
+ablations (phase flip and Wiener at σ = 7 nm, σ = 6 nm without correction). Prints recall and
+precision per class pooled over the tomograms (``scores_by_mass``: a false pick counts
+against the class of its nearest true particle), the least mass above which every class
+reaches recall and precision >= 0.9, and writes the table (TSV) and the plot (PNG) to
+``--out-dir``.
 """
 
 from __future__ import annotations
@@ -37,11 +46,31 @@ from machine import machine_line  # noqa: E402
 
 from tomosift.density import DensitySettings, make_density  # noqa: E402
 from tomosift.simulate.cell import TomogramPlan, simulate_tomogram  # noqa: E402
+from tomosift.simulate.ctf import Optics  # noqa: E402
 from tomosift.simulate.tomography import SimulationSettings  # noqa: E402
 from tomosift.structures import find_in_dirs, search_dirs  # noqa: E402
-from tomosift.tomograms.pick import PickSettings, pick, pick_scores  # noqa: E402
+from tomosift.tomograms.pick import (  # noqa: E402
+    PickSettings,
+    mass_reaching,
+    pick,
+    pick_scores,
+    pool_mass_tables,
+    scores_by_mass,
+)
 
 STRUCTURES = ("3hhb", "1bxn", "1u6g", "3cf3", "1qvr", "4v4r_30s")
+MASS_LADDER = ("3gl1", "3hhb", "3d2f", "3h84", "2cg9", "1u6g", "4v1w", "3cf3", "1bxn", "1qvr",
+               "4v4r_30s")
+#: The picking settings compared by --by-mass (the CTF-corrected DoG is the recommended one).
+BY_MASS_SETTINGS = {
+    "paper DoG (σ 7 nm)": PickSettings(),
+    "phase flip, σ 7 nm": PickSettings(ctf_correction="phase-flip"),
+    "Wiener, σ 7 nm": PickSettings(ctf_correction="wiener"),
+    "no correction, σ 6 nm": PickSettings(sigma_nm=6.0),
+    "CTF-corrected DoG (Wiener, σ 6 nm)": PickSettings(sigma_nm=6.0, ctf_correction="wiener"),
+    "Wiener, σ 6 nm, z ≥ 7": PickSettings(sigma_nm=6.0, ctf_correction="wiener", threshold=7.0),
+    "Wiener, σ 7 nm, z ≥ 6": PickSettings(ctf_correction="wiener", threshold=6.0),
+}
 VOXEL_NM = 0.92
 TOLERANCE_VOXELS = 2.0
 
@@ -56,22 +85,26 @@ def equivalent_radius_nm(volume: np.ndarray, voxel_size_nm: float) -> float:
     return math.sqrt(5 / 3) * gyration * voxel_size_nm
 
 
-def load_maps() -> dict[str, np.ndarray]:
+def load_maps(names=STRUCTURES) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Density maps (40³, 0.92 nm) and masses (kDa) of the structures."""
     dirs = search_dirs()
     settings = DensitySettings(box_voxels=40, voxel_size_nm=VOXEL_NM)
-    maps = {}
-    for name in STRUCTURES:
+    maps, masses = {}, {}
+    for name in names:
         path = find_in_dirs(name, dirs)
         if path is None:
             raise SystemExit(f"{name} not found: set TOMOSIFT_STRUCTURE_DIRS")
-        maps[name] = make_density(path, settings)[0]
-    return maps
+        maps[name], stats = make_density(path, settings)
+        masses[name] = stats.mass_kda
+    return maps, masses
 
 
 def tomogram(maps, size: int, thickness: int, n_particles: int, seed: int,
              cache_dir: Path | None):
     """(volume, positions xyz, labels, class names), cached as .npz when asked."""
-    cache = cache_dir / f"tomo_{size}_{thickness}_{n_particles}_{seed}.npz" if cache_dir else None
+    tag = f"_{len(maps)}classes" if len(maps) != len(STRUCTURES) else ""
+    cache = (cache_dir / f"tomo_{size}_{thickness}_{n_particles}_{seed}{tag}.npz"
+             if cache_dir else None)
     if cache is not None and cache.exists():
         data = np.load(cache)
         return data["volume"], data["positions"], data["labels"], list(data["names"])
@@ -105,6 +138,62 @@ def report(title: str, volume, positions, labels, names, radii_nm, settings: Pic
     return overall
 
 
+def by_mass(args, maps, masses, runs) -> None:
+    """Issue 18: recall and precision per class against mass, settings side by side."""
+    from tomosift.plots import pick_scores_by_mass
+
+    optics = Optics()  # the simulator's: 300 kV, Cs 2 mm, 5 µm underfocus, A 0.07
+    print(f"CTF correction at the simulator's defocus {optics.defocus_um:g} µm "
+          f"({optics.voltage_kv:g} kV, Cs {optics.cs_mm:g} mm, "
+          f"A {optics.amplitude_contrast:g}); classes "
+          + ", ".join(f"{n} {masses[n]:.0f} kDa" for n in maps))
+    tables: dict[str, list] = {name: [] for name in BY_MASS_SETTINGS}
+    for n_particles, seed in runs:
+        start = time.perf_counter()
+        volume, positions, labels, names = tomogram(maps, args.size, args.thickness,
+                                                    n_particles, seed, args.cache_dir)
+        print(f"tomogram: {len(positions)} particles, seed {seed} (simulated or loaded in "
+              f"{time.perf_counter() - start:.0f} s)")
+        for title, settings in BY_MASS_SETTINGS.items():
+            start = time.perf_counter()
+            picked, _ = pick(volume, VOXEL_NM, settings, optics)
+            seconds = time.perf_counter() - start
+            table = scores_by_mass(picked, positions, labels, names, masses, TOLERANCE_VOXELS)
+            tables[title].append(table)
+            found, picks = table["n_found"].sum(), table["n_picks"].sum()
+            print(f"  {title}: {picks} picks, precision {found / max(picks, 1):.3f}, recall "
+                  f"{found / table['n_true'].sum():.3f}, {seconds:.1f} s; least mass with "
+                  f"recall and precision >= 0.9 from there up: "
+                  f"{mass_reaching(table):.0f} kDa")
+    pooled = {title: pool_mass_tables(parts) for title, parts in tables.items()}
+    print(f"pooled over {len(runs)} tomograms: recall / precision (found / true, picks) per class")
+    names = list(pooled)
+    first = pooled[names[0]]
+    header = "| class | kDa | true | " + " | ".join(names) + " |"
+    print(header)
+    print("|---|---:|---:|" + "---:|" * len(names))
+    for index, row in first.iterrows():
+        cells = [f"{pooled[n].loc[index, 'recall']:.2f} / {pooled[n].loc[index, 'precision']:.2f}"
+                 for n in names]
+        print(f"| {row['class']} | {row['mass_kda']:.0f} | {int(row['n_true'])} | "
+              + " | ".join(cells) + " |")
+    for name, table in pooled.items():
+        found, picks = table["n_found"].sum(), table["n_picks"].sum()
+        print(f"{name}: overall precision {found / max(picks, 1):.3f}, recall "
+              f"{found / table['n_true'].sum():.3f}; every class from "
+              f"{mass_reaching(table):.0f} kDa up has recall and precision >= 0.9")
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        joined = [table.assign(setting=name) for name, table in pooled.items()]
+        import pandas as pd
+
+        pd.concat(joined, ignore_index=True).to_csv(args.out_dir / "pick_by_mass.tsv", sep="\t",
+                                                    index=False, float_format="%.4f")
+        pick_scores_by_mass(pooled, args.out_dir / "pick_by_mass.png",
+                            title=f"Picking by mass, dose 100 e/Å², {len(runs)} tomograms")
+        print(f"wrote {args.out_dir / 'pick_by_mass.tsv'} and {args.out_dir / 'pick_by_mass.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -115,10 +204,21 @@ def main() -> None:
     parser.add_argument("--dev-seed", type=int, default=None,
                         help="also show the development tomogram (medium crowding)")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--by-mass", action="store_true",
+                        help="the mass ladder, paper's vs CTF-corrected DoG (issue 18)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="with --by-mass: write pick_by_mass.tsv and .png here")
     args = parser.parse_args()
 
     print(machine_line())
-    maps = load_maps()
+    if args.by_mass:
+        maps, masses = load_maps(MASS_LADDER)
+        runs = list(zip(args.crowding, args.seeds, strict=True))
+        print(f"{args.size}x{args.size}x{args.thickness} voxels at {VOXEL_NM} nm, dose 100 "
+              f"e/Å², ±60° step 2°; match within {TOLERANCE_VOXELS:g} voxels")
+        by_mass(args, maps, masses, runs)
+        return
+    maps, _ = load_maps()
     radii_nm = {name: equivalent_radius_nm(v, VOXEL_NM) for name, v in maps.items()}
     paper = PickSettings()
     sized = PickSettings(sigma_nm=min(radii_nm.values()) / math.sqrt(3),

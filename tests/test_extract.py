@@ -464,3 +464,27 @@ def test_import_keeps_centred_only_positions(tmp_path):
                                    particles[list(CENTERED_COLUMNS)].to_numpy())
         np.testing.assert_allclose(h5["particles/centered_angst"][()],
                                    centered_angstrom(xyz, (SIZE,) * 3, VOXEL_NM))
+
+
+def test_memory_map_gives_the_same_bytes_as_reading_whole(tmp_path, tomo):
+    picks = _write_picks(tmp_path / "picks.star", BLOBS)
+    mapped, whole = tmp_path / "mapped.h5", tmp_path / "whole.h5"
+    extract_subtomograms(tomo, picks, mapped, box_voxels=BOX, voxel_size_nm=2 * VOXEL_NM,
+                         progress=False)
+    extract_subtomograms(tomo, picks, whole, box_voxels=BOX, voxel_size_nm=2 * VOXEL_NM,
+                         progress=False, memory_map=False)
+    with h5py.File(mapped) as a, h5py.File(whole) as b:
+        assert a["volumes"].shape[0] == len(BLOBS)
+        np.testing.assert_array_equal(a["volumes"][()], b["volumes"][()])
+
+
+def test_memory_mapped_cubes_with_nan_are_refused(tmp_path):
+    volume = _tomogram()
+    x, y, z = (int(v) for v in BLOBS[0])
+    volume[z, y, x] = np.nan
+    path = tmp_path / "TS_01.mrc"
+    write_mrc(path, volume, VOXEL_NM)
+    picks = _write_picks(tmp_path / "picks.star", BLOBS[:1])
+    with pytest.raises(TomosiftError, match=r"TS_01\.mrc: the map contains NaN"):
+        extract_subtomograms(path, picks, tmp_path / "d.h5", box_voxels=BOX, progress=False)
+    assert not (tmp_path / "d.h5").exists()

@@ -280,3 +280,124 @@ def test_file_level_pick_and_score_round_trip(tmp_path, crowd):
     with pytest.raises(TomosiftError, match=r"E\.mrc: no particles found"):
         pick_tomogram(empty, missing, settings)
     assert not missing.exists()
+
+
+# -- CTF correction before the DoG (issue 18) ---------------------------------------------------
+
+def _ctf_filtered(volume, optics):
+    """A (Z, Y, X) volume multiplied in 3D Fourier space by CTF(|k|) (the tilt series' transfer
+    at one defocus on every measured frequency)."""
+    from tomosift.simulate.ctf import ctf
+
+    kz = np.fft.fftfreq(volume.shape[0], VOXEL_NM)[:, None, None]
+    ky = np.fft.fftfreq(volume.shape[1], VOXEL_NM)[None, :, None]
+    kx = np.fft.rfftfreq(volume.shape[2], VOXEL_NM)[None, None, :]
+    transfer = ctf(np.sqrt(kz**2 + ky**2 + kx**2), optics)
+    spectrum = np.fft.rfftn(volume, axes=(0, 1, 2)) * transfer
+    return np.fft.irfftn(spectrum, s=volume.shape, axes=(0, 1, 2)), transfer
+
+
+def test_phase_flip_gives_every_lobe_the_first_lobes_sign():
+    from tomosift.simulate.ctf import Optics, first_zero_per_nm
+    from tomosift.tomograms.pick import ctf_correct
+
+    optics = Optics()
+    impulse = np.zeros((32, 32, 32))
+    impulse[0, 0, 0] = 1.0
+    recorded, transfer = _ctf_filtered(impulse, optics)
+    assert (transfer > 0).any() and (transfer < 0).any()  # 0.92 nm voxels: past the first zero
+    assert first_zero_per_nm(optics) < 0.5 / VOXEL_NM
+    flipped = np.fft.rfftn(ctf_correct(recorded, VOXEL_NM, optics, "phase-flip"))
+    np.testing.assert_allclose(flipped.imag, 0, atol=1e-5)
+    np.testing.assert_allclose(flipped.real, -np.abs(transfer), atol=1e-5)  # dark stays dark
+    wiener = np.fft.rfftn(ctf_correct(recorded, VOXEL_NM, optics, "wiener", wiener_snr=2.0))
+    np.testing.assert_allclose(wiener.real, -transfer**2 / (transfer**2 + 0.5), atol=1e-5)
+    np.testing.assert_array_equal(ctf_correct(recorded, VOXEL_NM, optics, "none"),
+                                  recorded.astype(np.float32))
+
+
+def test_ctf_correction_restores_a_blob():
+    from tomosift.simulate.ctf import Optics
+    from tomosift.tomograms.pick import ctf_correct
+
+    optics = Optics()
+    blob = -balls((32, 32, 32), [(16.0, 16.0, 16.0)], [3.0])  # protein positive
+    recorded, _ = _ctf_filtered(blob, optics)  # dark, fringed
+
+    def correlation(volume):
+        return np.corrcoef(-volume.ravel(), blob.ravel())[0, 1]  # dark volume vs density
+
+    raw = correlation(recorded)  # 0.88: the CTF's first lobe weakens the blob's low frequencies
+    flipped = correlation(ctf_correct(recorded, VOXEL_NM, optics, "phase-flip"))
+    wiener = correlation(ctf_correct(recorded, VOXEL_NM, optics, "wiener", wiener_snr=100.0))
+    assert raw < 0.9
+    assert flipped > raw  # only the little power past the first zero (3.1 nm) is turned back
+    assert wiener > 0.98  # a high-SNR Wiener filter undoes the first lobe too
+
+
+def test_ctf_correction_needs_a_defocus(tmp_path):
+    from tomosift.tomograms.pick import tomogram_optics
+
+    volume = np.zeros((16, 16, 16), dtype=np.float32)
+    with pytest.raises(TomosiftError, match="defocus"):
+        pick(volume, VOXEL_NM, PickSettings(ctf_correction="wiener"))
+    with pytest.raises(TomosiftError, match="ctf_correction"):
+        PickSettings(ctf_correction="flip")
+    tomogram = tmp_path / "plain.mrc"
+    write_mrc(tomogram, volume, VOXEL_NM)
+    assert tomogram_optics(tomogram) == (None, "none")
+    with pytest.raises(TomosiftError, match=r"plain\.mrc: no defocus"):
+        pick_tomogram(tomogram, tmp_path / "p.star", PickSettings(ctf_correction="wiener"))
+    code = main(["pick", str(tomogram), "--out", str(tmp_path / "p.star"),
+                 "--ctf-correction", "phase-flip"])
+    assert code == 2 and not (tmp_path / "p.star").exists()
+
+
+def test_simulated_tomograms_record_their_defocus(tmp_path):
+    from dataclasses import replace
+
+    from tomosift.simulate.cell import SimulatedTomogram, write_tomogram
+    from tomosift.simulate.ctf import Optics
+    from tomosift.tomograms.pick import optics_from_star, tomogram_optics
+
+    optics = Optics(defocus_um=3.5, voltage_kv=200.0, cs_mm=2.7, amplitude_contrast=0.1)
+    tomogram = SimulatedTomogram(
+        volume=np.zeros((16, 24, 24), dtype=np.float32), voxel_size_nm=VOXEL_NM,
+        class_names=["a"], labels=np.zeros(2, dtype=np.int64),
+        positions_voxels=np.array([[8.0, 8.0, 8.0], [15.0, 15.0, 8.0]]),
+        rotations=np.tile(np.eye(3), (2, 1, 1)), radii_voxels=np.array([2.0]), optics=optics)
+    mrc, truth = tmp_path / "T.mrc", tmp_path / "T_truth.star"
+    write_tomogram(tomogram, mrc, truth, "T")
+    assert tomogram_optics(mrc) == (optics, f"{mrc} header")
+    assert optics_from_star(truth) == optics
+    assert tomogram_optics(mrc, defocus_um=2.0)[0].defocus_um == 2.0
+    plain = tmp_path / "P.mrc"
+    write_tomogram(replace(tomogram, optics=None), plain, tmp_path / "P_truth.star", "P")
+    assert tomogram_optics(plain, truth_path=tmp_path / "P_truth.star") == (None, "none")
+
+
+def test_scores_by_mass_on_a_known_case():
+    from tomosift.tomograms.pick import mass_reaching, pool_mass_tables, scores_by_mass
+
+    truth = np.array([[10.0, 10, 10], [30, 10, 10], [10, 30, 10], [30, 30, 10]])
+    labels = np.array([0, 0, 1, 1])  # "small" at x 10/30 y 10, "large" at y 30
+    picks = np.array([[10.5, 10, 10],   # finds small #0
+                      [10, 30.5, 10],   # finds large #2
+                      [30, 30, 11],     # finds large #3
+                      [30, 36, 10],     # false, nearest large #3
+                      [16, 10, 10]])    # false, nearest small #0
+    masses = {"small": 60.0, "large": 500.0}
+    table = scores_by_mass(picks, truth, labels, ["large", "small"][::-1], masses)
+    rows = table.set_index("class")
+    assert list(table["class"]) == ["small", "large"]  # lightest first
+    assert rows.loc["small", "n_true"] == 2 and rows.loc["small", "n_found"] == 1
+    assert rows.loc["small", "n_picks"] == 2 and rows.loc["large", "n_picks"] == 3
+    assert rows.loc["small", "recall"] == 0.5 and rows.loc["small", "precision"] == 0.5
+    assert rows.loc["large", "recall"] == 1.0 and rows.loc["large", "precision"] == 2 / 3
+    assert table["n_picks"].sum() == len(picks)
+    pooled = pool_mass_tables([table, table])
+    np.testing.assert_array_equal(pooled["n_picks"], 2 * table["n_picks"])
+    np.testing.assert_allclose(pooled["precision"], table["precision"])
+    assert np.isnan(mass_reaching(table))
+    good = table.assign(precision=[0.5, 0.95])
+    assert mass_reaching(good) == 500.0

@@ -74,6 +74,10 @@ def test_tomograms_become_relion_subsets(subdivided):
     overall = picking[picking["class"] == "all"]
     assert set(overall["tomogram"]) == {"simulated01", "simulated02"}
     assert overall["recall"].between(0, 1).all()
+    by_mass = pd.read_csv(results / "picking_by_mass.tsv", sep="\t")
+    assert (by_mass["mass_kda"] > 0).all() and by_mass["mass_kda"].is_monotonic_increasing
+    assert by_mass["n_picks"].sum() == overall["picks"].sum()
+    assert (results / "picking_by_mass.png").stat().st_size > 0
     averages = sorted((results / "averages").glob("*.mrc"))
     assert len(averages) == 1
     volume, voxel = read_mrc(averages[0])

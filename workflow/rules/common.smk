@@ -377,12 +377,30 @@ def sub_polarity(wildcards):
 
 
 def sub_pick_params(wildcards):
-    settings = {k: v for k, v in SUB["pick"].items() if k != "tolerance_voxels"}
+    settings = {k: v for k, v in SUB["pick"].items() if k not in ("tolerance_voxels",
+                                                                    "defocus_um")}
     return {**settings, "polarity": sub_polarity(wildcards)}
+
+
+def sub_defocus_um(wildcards):
+    """A tomogram's defocus for the CTF correction: its entry's, else pick.defocus_um (None:
+    the MRC header's, as simulated tomograms record it)."""
+    entry = SUB_TOMOGRAMS.get(wildcards.tomo, {})
+    return entry.get("defocus_um", SUB["pick"]["defocus_um"])
+
+
+def sub_structure_stats(wildcards=None):
+    """The summary rows (JSON, with the mass) of the simulated tomograms' structures."""
+    return expand("results/densities/{name}.json", name=SUB_SIM["structures"] or NAMES)
 
 
 def sub_particle_source(wildcards):
     return SUB_PARTICLES[wildcards.tomo]["path"]
+
+
+def sub_particle_tomograms(wildcards):
+    """The tomograms STAR of a 2D-stack particles file ([] when not given)."""
+    return SUB_PARTICLES[wildcards.tomo].get("tomograms") or []
 
 
 def sub_datasets(wildcards=None):
@@ -397,6 +415,10 @@ def sub_pick_scores(wildcards=None):
     return expand(f"{SUB_DIR}/picks/{{tomo}}_scores.tsv", tomo=SUB_SIMULATED)
 
 
+def sub_pick_mass_tables(wildcards=None):
+    return expand(f"{SUB_DIR}/picks/{{tomo}}_by_mass.tsv", tomo=SUB_SIMULATED)
+
+
 def sub_targets():
     if not SUB["enabled"]:
         return []
@@ -405,7 +427,8 @@ def sub_targets():
     if SUB["averages"]:
         targets.append(f"{SUB_DIR}/averages.png")
     if SUB_SIMULATED:
-        targets.append(f"{SUB_DIR}/picking.tsv")
+        targets += [f"{SUB_DIR}/picking.tsv", f"{SUB_DIR}/picking_by_mass.tsv",
+                    f"{SUB_DIR}/picking_by_mass.png"]
     return targets
 
 

@@ -40,6 +40,7 @@ rule pick:
         f"{LOGS}/subdivide/pick/{{tomo}}.log",
     params:
         settings=sub_pick_params,
+        defocus_um=sub_defocus_um,
         box_voxels=config["box_voxels"],
     threads: 1
     resources:
@@ -55,8 +56,10 @@ rule pick_scores:
     input:
         picks=f"{SUB_DIR}/picks/{{tomo}}.star",
         truth=sub_truth_file,
+        structures=sub_structure_stats,
     output:
-        f"{SUB_DIR}/picks/{{tomo}}_scores.tsv",
+        scores=f"{SUB_DIR}/picks/{{tomo}}_scores.tsv",
+        by_mass=f"{SUB_DIR}/picks/{{tomo}}_by_mass.tsv",
     log:
         f"{LOGS}/subdivide/pick_scores/{{tomo}}.log",
     params:
@@ -69,11 +72,22 @@ rule pick_scores:
 
 rule picking_summary:
     input:
-        sub_pick_scores,
+        scores=sub_pick_scores,
+        by_mass=sub_pick_mass_tables,
     output:
-        report(
+        table=report(
             f"{SUB_DIR}/picking.tsv",
             caption="../report/subdivide_picking.rst",
+            category="Subdivision",
+        ),
+        by_mass=report(
+            f"{SUB_DIR}/picking_by_mass.tsv",
+            caption="../report/subdivide_picking_by_mass.rst",
+            category="Subdivision",
+        ),
+        plot=report(
+            f"{SUB_DIR}/picking_by_mass.png",
+            caption="../report/subdivide_picking_by_mass.rst",
             category="Subdivision",
         ),
     log:
@@ -117,7 +131,8 @@ rule import_particles:
     wildcard_constraints:
         tomo=SUB_PARTICLES_PATTERN,
     input:
-        sub_particle_source,
+        source=sub_particle_source,
+        tomograms=sub_particle_tomograms,
     output:
         f"{SUB_DIR}/particles/{{tomo}}.h5",
     log:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import mrcfile
@@ -64,26 +64,48 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_nm: float) -> None:
+def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size_nm: float,
+              labels: Sequence[str] = ()) -> None:
     """Write a 3D volume as MRC (mode 2, float32), atomically.
 
     Args:
         path: destination file.
         volume: array of shape (nz, ny, nx), indexed [z, y, x] as MRC sections/rows/columns.
         voxel_size_nm: voxel edge in nm; the header stores it in Å as the MRC convention asks.
+        labels: further header labels (ASCII, at most 80 characters and 9 labels), after
+            the first ``tomosift <version>`` (e.g. a tomogram's CTF, read back by
+            :func:`mrc_labels`).
 
     The header label is fixed (no time stamp) so that the same volume gives the same bytes.
     """
     data = np.ascontiguousarray(volume, dtype=np.float32)
     if data.ndim != 3:
         raise TomosiftError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    texts = [f"tomosift {__version__}", *labels]
+    if len(texts) > 10 or any(len(t.encode()) > 80 or not t.isascii() for t in texts):
+        raise TomosiftError(f"{path}: MRC labels must be at most 9 ASCII lines of 80 characters")
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(data)
             mrc.voxel_size = voxel_size_nm * ANGSTROM_PER_NM
-            mrc.header.label[0] = f"tomosift {__version__}".encode()
-            mrc.header.nlabl = 1
+            for index, text in enumerate(texts):
+                mrc.header.label[index] = text.encode()
+            mrc.header.nlabl = len(texts)
             mrc.update_header_stats()
+
+
+def mrc_labels(path: str | os.PathLike) -> list[str]:
+    """The text labels of an MRC file's header (the first ``nlabl``), without its data."""
+    path = Path(path)
+    if not path.is_file():
+        raise TomosiftError(f"{path}: file not found")
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            count = min(max(int(mrc.header.nlabl), 0), 10)
+            raw = [bytes(mrc.header.label[i]) for i in range(count)]
+    except Exception as exc:
+        raise TomosiftError(f"{path}: not a readable MRC map ({_first_line(exc)})") from exc
+    return [r.rstrip(b"\x00 ").decode("ascii", errors="replace") for r in raw]
 
 
 def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
@@ -121,6 +143,57 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     if not np.all(np.isfinite(data)):
         raise TomosiftError(f"{path}: the map contains NaN or infinite values")
     return data, voxel_nm
+
+
+@contextlib.contextmanager
+def mrc_memmap(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, float]]:
+    """An MRC map's data as a read-only memory map, without reading it: (volume [z, y, x]
+    in the file's own data type (a transposed view for files whose sections are not z),
+    voxel size in nm), valid inside the ``with`` block. Pages are read from disk as slices
+    are taken, so cutting boxes out of a large tomogram needs little memory; the caller
+    converts the slices it takes (and checks them for NaN, which :func:`read_mrc` does on the
+    whole map). Errors as :func:`read_mrc`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TomosiftError(f"{path}: file not found")
+    try:
+        mrc = mrcfile.mmap(path, mode="r", permissive=True)
+    except Exception as exc:
+        raise TomosiftError(f"{path}: not a readable MRC map ({_first_line(exc)})") from exc
+    with mrc:
+        if mrc.data is None:
+            raise TomosiftError(f"{path}: not a readable MRC map (no data block)")
+        data = mrc.data
+        if data.ndim != 3:
+            raise TomosiftError(f"{path}: expected a 3D map, got data of shape {data.shape}")
+        axis_order = (int(mrc.header.maps), int(mrc.header.mapr), int(mrc.header.mapc))
+        if sorted(axis_order) == [1, 2, 3] and axis_order != (3, 2, 1):
+            data = np.transpose(data, [axis_order.index(a) for a in (3, 2, 1)])
+        voxel = mrc.voxel_size
+        voxel_nm = _checked_voxel_size_nm(path, (float(voxel.x), float(voxel.y),
+                                                 float(voxel.z)))
+        yield data, voxel_nm
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Unmap the pages a memory-mapped array (or a view of one) has read from its file, so
+    that they stop counting in this process's resident set (the kernel's page cache keeps
+    them; later reads map them again). A no-op for arrays in memory or where ``madvise`` is
+    missing. Why: every page fault on a file mapping maps its neighbours too (64 kB
+    "fault-around" on Linux), so cutting a 40³ box maps about 80 MB of a large tomogram, and
+    200 boxes would map most of the file (``benchmarks/extract_rss.py``)."""
+    import mmap
+
+    base = array
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        base._mmap.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # closed or not allowed: the pages stay mapped
+        pass
 
 
 def _checked_voxel_size_nm(path: Path, voxel_xyz_angstrom: tuple[float, float, float]) -> float:

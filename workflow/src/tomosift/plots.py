@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -185,5 +186,34 @@ def confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def pick_scores_by_mass(tables: Mapping[str, object], path: str | os.PathLike,
+                        title: str = "Picking by mass", goal_kda: float = 150.0,
+                        goal: float = 0.9) -> None:
+    """Recall and precision per class against its mass (log x), one line per picking
+    setting (name -> :func:`tomosift.tomograms.pick.scores_by_mass` table); dashed: the
+    goal (``goal`` at ``goal_kda`` and above)."""
+    figure, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), sharey=True, squeeze=False)
+    for ax, column in zip(axes[0], ("recall", "precision"), strict=True):
+        for name, table in tables.items():
+            rows = table[np.isfinite(table["mass_kda"])]
+            ax.plot(rows["mass_kda"], rows[column], marker="o", markersize=4, label=name)
+        ax.set_xscale("log")
+        ticks = [t for t in (20, 50, 100, 200, 500, 1000, 2000, 5000)
+                 if any(((tb["mass_kda"] / t).between(0.5, 2)).any() for tb in tables.values())]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.axvline(goal_kda, color="grey", linestyle="--", linewidth=1)
+        ax.axhline(goal, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("mass (kDa)")
+        ax.set_title(column, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].set_ylabel("fraction")
+    axes[0, 1].legend(fontsize=7, loc="lower right")
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)

@@ -35,6 +35,21 @@ def _add_pick(commands) -> None:
     pick.add_argument("--max-picks", type=int, default=None, help="keep the N best picks")
     pick.add_argument("--polarity", choices=("dark", "white"), default="dark",
                       help="particles dark (as recorded, default) or white")
+    pick.add_argument("--ctf-correction", choices=("auto", "wiener", "phase-flip", "none"),
+                      default="auto", help="correct the CTF before the DoG (picks only; "
+                      "extraction stays raw); auto (default): wiener when the defocus is known "
+                      "(--defocus-um, the --truth STAR or the tomogram's header), else none")
+    pick.add_argument("--defocus-um", type=float, default=None,
+                      help="the tilt series' underfocus, µm (> 0); default: from --truth "
+                      "(rlnDefocusU) or the MRC header (tomosift's simulated tomograms)")
+    pick.add_argument("--voltage-kv", type=float, default=300.0,
+                      help="with --defocus-um: acceleration voltage (default 300)")
+    pick.add_argument("--cs-mm", type=float, default=2.0,
+                      help="with --defocus-um: spherical aberration (default 2)")
+    pick.add_argument("--amplitude-contrast", type=float, default=0.07,
+                      help="with --defocus-um: amplitude contrast (default 0.07)")
+    pick.add_argument("--wiener-snr", type=float, default=1.0,
+                      help="the Wiener filter's flat SNR (default 1)")
     pick.add_argument("--box", type=int, default=40, help="box for extraction (optics block)")
     pick.add_argument("--name", default=None, help="rlnTomoName (default: the file's stem)")
     pick.add_argument("--truth", type=Path, help="true particles (STAR) to score the picks")
@@ -44,21 +59,40 @@ def _add_pick(commands) -> None:
 
 
 def _pick(args) -> None:
-    from tomosift.tomograms.pick import PickSettings, pick_tomogram, read_truth, score_pick_files
+    from tomosift.errors import TomosiftError
+    from tomosift.simulate.ctf import Optics
+    from tomosift.tomograms.pick import (
+        PickSettings,
+        pick_tomogram,
+        read_truth,
+        resolve_correction,
+        score_pick_files,
+        tomogram_optics,
+    )
 
+    if args.truth:  # read before picking, so that a bad truth file fails fast
+        read_truth(args.truth)
+    base = Optics(voltage_kv=args.voltage_kv, cs_mm=args.cs_mm,
+                  amplitude_contrast=args.amplitude_contrast)
+    optics, source = tomogram_optics(args.tomogram, args.defocus_um, args.truth, base)
+    correction = resolve_correction(args.ctf_correction, optics)
+    if correction != "none" and optics is None:
+        raise TomosiftError(f"{args.tomogram}: --ctf-correction {correction} needs the defocus: "
+                            "give --defocus-um (neither --truth nor the MRC header records it)")
     defaults = PickSettings()
     settings = PickSettings(
         sigma_nm=args.sigma_nm, k=args.k, min_distance_nm=args.min_distance_nm,
         edge_nm=args.edge_nm,
         threshold=defaults.threshold if args.threshold is None else args.threshold,
-        max_picks=args.max_picks, polarity=args.polarity, sigma_max_nm=args.sigma_max_nm)
-    if args.truth:  # read before picking, so that a bad truth file fails fast
-        read_truth(args.truth)
+        max_picks=args.max_picks, polarity=args.polarity, sigma_max_nm=args.sigma_max_nm,
+        ctf_correction=correction, wiener_snr=args.wiener_snr)
     count = pick_tomogram(args.tomogram, args.out, settings, tomo_name=args.name,
-                          box_voxels=args.box)
+                          box_voxels=args.box, optics=optics)
     scales = ", ".join(f"{s:.3g}" for s in settings.sigmas_nm())
+    ctf_text = ("no CTF correction" if correction == "none" else
+                f"{correction} CTF correction at {optics.defocus_um:g} µm ({source})")
     print(f"{args.out}: {count} particles picked in {args.tomogram} (sigma {scales} nm, "
-          f"k {settings.k:g}, robust z >= {settings.threshold:g})")
+          f"k {settings.k:g}, robust z >= {settings.threshold:g}, {ctf_text})")
     if args.truth:
         table = score_pick_files(args.out, args.truth, args.tolerance_voxels)
         overall = table.iloc[-1]
@@ -114,9 +148,14 @@ def _extract(args) -> None:
 
 def _add_import_particles(commands) -> None:
     imported = commands.add_parser(
-        "import-particles", help="copy MRC subtomograms (RELION STAR or folders) into a dataset")
+        "import-particles", help="copy MRC subtomograms (RELION STAR or folders) into a "
+        "dataset, or reconstruct RELION 5 / WarpTools 2D-stack particles")
     imported.add_argument("source", type=Path,
-                          help="particles STAR, a folder of MRC files or of class folders")
+                          help="particles STAR, an optimisation set (2D stacks), a folder of "
+                          "MRC files or of class folders")
+    imported.add_argument("--tomograms", type=Path, default=None,
+                          help="the tomograms STAR of 2D-stack particles (default: the one "
+                          "the optimisation set names, or tomograms.star beside the STAR)")
     imported.add_argument("--tilt-max-deg", type=float, default=60.0,
                           help="the tilt range of the subtomograms (default 60)")
     imported.add_argument("--polarity", choices=("white", "dark"), default="white",
@@ -136,5 +175,5 @@ def _import_particles(args) -> None:
     summary = import_particles(
         args.source, args.out, tilt_max_deg=args.tilt_max_deg, polarity=args.polarity,
         labels=not args.no_labels, test_fraction=args.test_fraction, seed=args.seed,
-        dtype=args.dtype)
+        dtype=args.dtype, tomograms=args.tomograms)
     print(summary.line(args.out))

@@ -31,8 +31,13 @@ How it is computed (measured choices):
   the projection noise sigma is set so that the mean over particles of var(signal) /
   var(noise) in the n³ box (the maps' size) centred on each particle equals ``snr``; noise is
   added at ``settings.noise_stage`` and its variance measured on this tomogram's own noise.
-* **Defocus and polarity:** the optics' nominal defocus for the whole tomogram; polarity as
+* **Defocus and polarity:** the optics' nominal defocus for the whole tomogram (every tilt,
+  no defocus gradient; ``defocus_range_um`` is not used here); polarity as
   ``settings.polarity`` (``recorded``: particles dark with the CTF on; ``white``: inverted).
+  :func:`write_tomogram` records the CTF (defocus, voltage, Cs, amplitude contrast) in the
+  MRC header's labels and in the truth STAR (``rlnDefocusU/V`` in Å per particle, the optics
+  block's ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``), where
+  ``tomosift pick`` finds it for its CTF correction.
 * **A large box and the ``fourier`` reconstruction.** Gridding with normalised weights leaves
   voxels empty where neighbouring slices are more than a voxel apart, beyond the radius
   1 / dtheta in index units (28 at 2° steps); in an N-box that radius is a lower physical
@@ -62,6 +67,7 @@ from scipy.spatial.transform import Rotation
 
 from tomosift.errors import TomosiftError
 from tomosift.progress import progress_bar
+from tomosift.simulate.ctf import Optics
 from tomosift.simulate.dose import contrast_per_voxel_sum, tilt_noise_sigma
 from tomosift.simulate.specimen import solvent_corrected, support_radius_voxels
 from tomosift.simulate.tomography import SimulationSettings, TiltSeriesGeometry, padded_spectrum
@@ -138,6 +144,8 @@ class SimulatedTomogram:
         radii_voxels: (C,) support radius of each class.
         noise_sigma: projection noise standard deviation (mean over the tilts; in contrast
             units for a dose, in the map's density units for an SNR).
+        optics: the microscope's optics (its ``defocus_um`` for every tilt); None when the
+            CTF was off.
     """
 
     volume: np.ndarray
@@ -148,6 +156,7 @@ class SimulatedTomogram:
     rotations: np.ndarray
     radii_voxels: np.ndarray
     noise_sigma: float = 0.0
+    optics: Optics | None = None
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:
@@ -323,7 +332,8 @@ def simulate_tomogram(maps: dict[str, np.ndarray], settings: SimulationSettings,
     return SimulatedTomogram(
         volume=np.ascontiguousarray(volume, dtype=np.float32), voxel_size_nm=voxel_size_nm,
         class_names=names, labels=labels, positions_voxels=positions, rotations=rotations,
-        radii_voxels=radii, noise_sigma=sigma)
+        radii_voxels=radii, noise_sigma=sigma,
+        optics=settings.optics if settings.optics.ctf_enabled else None)
 
 
 def box_at(volume: np.ndarray, position_xyz: np.ndarray, box_voxels: int) -> np.ndarray:
@@ -348,19 +358,30 @@ def truth_table(tomogram: SimulatedTomogram, tomo_name: str):
     from tomosift.tomograms.relion import particle_table
 
     angles = np.array([relion_angles(r.T) for r in tomogram.rotations]).reshape(-1, 3)
+    extra = None
+    if tomogram.optics is not None:  # RELION's defocus: Å, > 0 underfocus
+        defocus_a = np.full(len(angles), tomogram.optics.defocus_um * 1e4)
+        extra = {"rlnDefocusU": defocus_a, "rlnDefocusV": defocus_a.copy()}
     return particle_table(tomo_name, tomogram.positions_voxels, tomogram.size_xyz,
                           tomogram.voxel_size_nm, angles_deg=angles,
-                          class_numbers=tomogram.labels + 1)
+                          class_numbers=tomogram.labels + 1, extra=extra)
 
 
 def write_tomogram(tomogram: SimulatedTomogram, tomogram_path: str | os.PathLike,
                    truth_path: str | os.PathLike, tomo_name: str, box_voxels: int = 40) -> None:
     """Write the tomogram (MRC) and its truth (STAR, with the class names), each atomically;
-    ``box_voxels`` is the box the STAR's optics block announces for extraction."""
+    ``box_voxels`` is the box the STAR's optics block announces for extraction. Both record
+    the CTF when it was on (see the module docstring)."""
     from tomosift.io import write_mrc
+    from tomosift.tomograms.pick import ctf_label
     from tomosift.tomograms.relion import write_particles_star
 
     table = truth_table(tomogram, tomo_name)
-    write_mrc(tomogram_path, tomogram.volume, tomogram.voxel_size_nm)
+    optics, labels, optics_columns = tomogram.optics, [], None
+    if optics is not None:
+        labels = [ctf_label(optics)]
+        optics_columns = {"rlnVoltage": optics.voltage_kv, "rlnSphericalAberration": optics.cs_mm,
+                          "rlnAmplitudeContrast": optics.amplitude_contrast}
+    write_mrc(tomogram_path, tomogram.volume, tomogram.voxel_size_nm, labels=labels)
     write_particles_star(truth_path, table, tomogram.voxel_size_nm, box_voxels,
-                         class_names=tomogram.class_names)
+                         class_names=tomogram.class_names, optics_columns=optics_columns)

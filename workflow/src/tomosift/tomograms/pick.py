@@ -15,6 +15,11 @@ scaling factor ratio K = 1.1". Here:
    ``min_distance`` apart (the higher one wins), refined to sub-voxel by a 3-point parabola
    per axis.
 
+Optionally (``PickSettings.ctf_correction``), the tomogram is first corrected for the CTF
+(:func:`ctf_correct`: phase flip or Wiener filter at the tomogram's defocus) so that the DoG
+sees the particles' low frequencies with one sign; the picks' positions are all that comes out
+of it (extraction cuts the raw tomogram).
+
 Positions are (x, y, z) in voxels of the tomogram (voxel i covers [i − 0.5, i + 0.5]).
 """
 
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +37,13 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from tomosift.errors import TomosiftError
+from tomosift.simulate.ctf import Optics, ctf
 
 POLARITIES = ("dark", "white")
 MAD_TO_SIGMA = 1.4826
+CTF_CORRECTIONS = ("none", "phase-flip", "wiener")
+#: Label prefix of the CTF parameters in a tomogram's MRC header (see :func:`ctf_label`).
+CTF_LABEL = "tomosift ctf"
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,11 @@ class PickSettings:
             benchmarks/pick.py it finds the small complexes the paper's scale misses (recall
             ≥ 0.97) but keeps CTF-fringe peaks 1.5-3 radii from particles (precision 0.49-0.86),
             so the single paper scale stays the default.
+        ctf_correction: "none" (the paper), "phase-flip" or "wiener": :func:`ctf_correct`
+            before the DoG; needs the tomogram's optics (defocus) in :func:`pick`.
+        wiener_snr: the flat signal-to-noise ratio S of the Wiener filter
+            −CTF / (CTF² + 1/S): large S inverts the CTF, small S tends to −S·CTF (a matched
+            filter of the CTF).
     """
 
     sigma_nm: float = 7.0
@@ -77,6 +91,15 @@ class PickSettings:
     polarity: str = "dark"
     refine: bool = True
     sigma_max_nm: float | None = None
+    ctf_correction: str = "none"
+    wiener_snr: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.ctf_correction not in CTF_CORRECTIONS:
+            raise TomosiftError(f"ctf_correction must be one of {', '.join(CTF_CORRECTIONS)}, "
+                                f"got {self.ctf_correction!r}")
+        if not self.wiener_snr > 0:
+            raise TomosiftError(f"wiener_snr must be > 0, got {self.wiener_snr:g}")
 
     def sigmas_nm(self) -> list[float]:
         """The DoG scales, smallest first."""
@@ -93,6 +116,113 @@ class PickSettings:
     def edge_voxels(self, voxel_size_nm: float) -> float:
         nm = self.k * self.sigmas_nm()[0] if self.edge_nm is None else self.edge_nm
         return nm / voxel_size_nm
+
+
+def ctf_correct(volume: np.ndarray, voxel_size_nm: float, optics: Optics,
+                mode: str = "phase-flip", wiener_snr: float = 1.0) -> np.ndarray:
+    """A (Z, Y, X) tomogram corrected for the CTF of its tilt series, float32 (Z, Y, X).
+
+    The 3D spectrum is multiplied by ``−sign(CTF(|k|))`` (``phase-flip``) or by the Wiener
+    filter ``−CTF(|k|) / (CTF(|k|)² + 1 / wiener_snr)`` (``wiener``), |k| the 3D spatial
+    frequency in cycles/nm, CTF the convention of :mod:`tomosift.simulate.ctf` at
+    ``optics.defocus_um``. The minus sign keeps the recorded polarity: at low frequency
+    (CTF(0) = −A) the factor is positive, so dark particles stay dark (white ones white), and
+    every later lobe is given the first lobe's sign.
+
+    Why one 3D filter is the tilt series' correction: each tilt contributes a central slice
+    of the 3D spectrum on which the detector's 2D frequency has the slice point's own 3D
+    modulus |k|, so a tilt series recorded at one defocus has the transfer CTF(|k|) on every
+    measured 3D frequency, and correcting each tilt image before a linear reconstruction
+    equals correcting the tomogram in 3D (the missing wedge stays empty). The approximation:
+    the defocus gradient across a tilted image (height differences of ± half the field of
+    view × sin θ), per-tilt defocus changes and astigmatism are ignored; the MTF and the
+    B-factor envelope are left alone. The simulated tomograms (:mod:`tomosift.simulate.cell`)
+    use one defocus for every tilt, where the correction is exact.
+    """
+    if mode not in CTF_CORRECTIONS:
+        raise TomosiftError(f"CTF correction must be one of {', '.join(CTF_CORRECTIONS)}, "
+                            f"got {mode!r}")
+    data = np.asarray(volume, dtype=np.float32)
+    if mode == "none" or not optics.ctf_enabled:
+        return data.copy()
+    if voxel_size_nm <= 0:
+        raise TomosiftError(f"voxel size must be > 0, got {voxel_size_nm:g} nm")
+    if not optics.defocus_um > 0:
+        raise TomosiftError(f"CTF correction needs an underfocus > 0, got defocus "
+                            f"{optics.defocus_um:g} µm")
+    if not wiener_snr > 0:
+        raise TomosiftError(f"wiener_snr must be > 0, got {wiener_snr:g}")
+    from scipy import fft
+
+    shape = data.shape
+    spectrum = fft.rfftn(data, workers=-1)
+    kz = np.fft.fftfreq(shape[0], voxel_size_nm)
+    ky2 = np.fft.fftfreq(shape[1], voxel_size_nm)[:, None] ** 2
+    kx2 = np.fft.rfftfreq(shape[2], voxel_size_nm)[None, :] ** 2
+    for plane, z in enumerate(kz):  # one plane at a time: no full-size temporaries
+        transfer = ctf(np.sqrt(z * z + ky2 + kx2), optics)
+        if mode == "phase-flip":
+            factor = -np.sign(transfer)
+        else:
+            factor = -transfer / (transfer**2 + 1.0 / wiener_snr)
+        spectrum[plane] *= factor.astype(np.float32)
+    return fft.irfftn(spectrum, s=shape, workers=-1).astype(np.float32, copy=False)
+
+
+def ctf_label(optics: Optics) -> str:
+    """The MRC header label that records a tomogram's CTF (read back by
+    :func:`optics_from_label`): ``tomosift ctf defocus_um=5 voltage_kv=300 cs_mm=2
+    amplitude_contrast=0.07``."""
+    return (f"{CTF_LABEL} defocus_um={optics.defocus_um:g} voltage_kv={optics.voltage_kv:g} "
+            f"cs_mm={optics.cs_mm:g} amplitude_contrast={optics.amplitude_contrast:g}")
+
+
+def optics_from_label(label: str) -> Optics | None:
+    """The optics of a :func:`ctf_label` line; None for any other label."""
+    if not label.startswith(CTF_LABEL + " "):
+        return None
+    try:
+        values = dict(item.split("=", 1) for item in label[len(CTF_LABEL):].split())
+        return Optics(defocus_um=float(values["defocus_um"]),
+                      voltage_kv=float(values["voltage_kv"]), cs_mm=float(values["cs_mm"]),
+                      amplitude_contrast=float(values["amplitude_contrast"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def optics_from_mrc(path: str | os.PathLike) -> Optics | None:
+    """The optics recorded in a tomogram's MRC header labels (:func:`ctf_label`), or None."""
+    from tomosift.io import mrc_labels
+
+    for label in mrc_labels(path):
+        optics = optics_from_label(label)
+        if optics is not None:
+            return optics
+    return None
+
+
+def optics_from_star(path: str | os.PathLike) -> Optics | None:
+    """The optics of a particles STAR file (a simulated tomogram's truth): the median
+    ``rlnDefocusU`` of its particles (Å, > 0 underfocus) with the optics block's
+    ``rlnVoltage``, ``rlnSphericalAberration`` and ``rlnAmplitudeContrast``; None without a
+    defocus."""
+    from tomosift.io import ANGSTROM_PER_NM
+    from tomosift.tomograms.relion import read_particles_star
+
+    particles, optics_table, _ = read_particles_star(path)
+    if "rlnDefocusU" not in particles.columns:
+        return None
+    defocus_a = pd.to_numeric(particles["rlnDefocusU"], errors="coerce").to_numpy(np.float64)
+    if not np.isfinite(defocus_a).any():
+        return None
+    values = {"defocus_um": float(np.nanmedian(defocus_a)) / ANGSTROM_PER_NM / 1e3}
+    columns = {"rlnVoltage": "voltage_kv", "rlnSphericalAberration": "cs_mm",
+               "rlnAmplitudeContrast": "amplitude_contrast"}
+    if optics_table is not None:
+        for column, field in columns.items():
+            if column in optics_table.columns:
+                values[field] = float(optics_table[column].iloc[0])
+    return Optics(**values)
 
 
 def difference_of_gaussians(volume: np.ndarray, sigma_voxels: float, k: float,
@@ -213,8 +343,13 @@ def _parabola_offsets(response: np.ndarray, zyx: np.ndarray) -> np.ndarray:
 
 
 def pick(volume: np.ndarray, voxel_size_nm: float,
-         settings: PickSettings = PickSettings()) -> tuple[np.ndarray, np.ndarray]:
+         settings: PickSettings = PickSettings(),
+         optics: Optics | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Particles of a (Z, Y, X) tomogram with voxel edge ``voxel_size_nm``.
+
+    ``optics``: the tomogram's CTF (its ``defocus_um``), needed when
+    ``settings.ctf_correction`` is not "none"; the DoG then runs on :func:`ctf_correct`'s
+    output.
 
     Returns:
         positions (P, 3) x, y, z in voxels and scores (P,) (robust z-score of the DoG
@@ -222,6 +357,13 @@ def pick(volume: np.ndarray, voxel_size_nm: float,
     """
     if voxel_size_nm <= 0:
         raise TomosiftError(f"voxel size must be > 0, got {voxel_size_nm:g} nm")
+    if settings.ctf_correction != "none":
+        if optics is None:
+            raise TomosiftError(f"CTF correction '{settings.ctf_correction}' needs the "
+                                "tomogram's defocus (--defocus-um, or a truth STAR / MRC header "
+                                "that records it)")
+        volume = ctf_correct(volume, voxel_size_nm, optics, settings.ctf_correction,
+                             settings.wiener_snr)
     edge = settings.edge_voxels(voxel_size_nm)
     min_distance = settings.min_distance_voxels(voxel_size_nm)
     sigmas = settings.sigmas_nm()
@@ -329,6 +471,83 @@ def pick_scores(picked_xyz: np.ndarray, truth_xyz: np.ndarray, truth_labels: np.
     return table
 
 
+#: Columns of :func:`scores_by_mass`.
+MASS_COLUMNS = ("class", "mass_kda", "n_true", "n_found", "n_picks", "recall", "precision")
+
+
+def scores_by_mass(picked_xyz: np.ndarray, truth_xyz: np.ndarray, truth_labels: np.ndarray,
+                   class_names: Sequence[str], masses_kda: Mapping[str, float],
+                   tolerance_voxels: float = 2.0) -> pd.DataFrame:
+    """Recall and precision per class against the class's mass, lightest first.
+
+    Each pick is given to one class: the class of the true particle it is matched to
+    (:func:`match_picks`, one-to-one within ``tolerance_voxels``), or, when unmatched, the
+    class of the true particle nearest to it (whatever the distance). Then per class c:
+    ``n_true`` particles of c, ``n_found`` of them matched, ``n_picks`` picks given to c,
+    ``recall = n_found / n_true`` and ``precision = n_found / n_picks`` (NaN when 0 / 0): a
+    false pick counts against the class it lies nearest to (a fringe or a domain of that
+    particle, or a spot of noise in its neighbourhood). Summed over the classes, ``n_picks``
+    is every pick and ``n_found`` every matched pick, so the overall precision is
+    ``Σ n_found / Σ n_picks``. Counts of several tomograms add up
+    (:func:`pool_mass_tables`).
+
+    ``masses_kda``: class name -> mass (NaN for a class it lacks).
+    """
+    picked = np.asarray(picked_xyz, dtype=np.float64).reshape(-1, 3)
+    truth = np.asarray(truth_xyz, dtype=np.float64).reshape(-1, 3)
+    labels = np.asarray(truth_labels, dtype=np.int64).reshape(-1)
+    matched = match_picks(picked, truth, tolerance_voxels)
+    owner = np.full(len(picked), -1, dtype=np.int64)
+    if len(picked) and len(truth):
+        _, nearest = cKDTree(truth).query(picked)
+        owner = np.where(matched >= 0, labels[np.maximum(matched, 0)], labels[nearest])
+    found = np.zeros(len(labels), dtype=bool)
+    found[matched[matched >= 0]] = True
+    rows = []
+    for c, name in enumerate(class_names):
+        members = labels == c
+        rows.append({"class": str(name), "mass_kda": float(masses_kda.get(str(name), math.nan)),
+                     "n_true": int(members.sum()), "n_found": int(found[members].sum()),
+                     "n_picks": int((owner == c).sum())})
+    return _mass_rates(pd.DataFrame(rows, columns=list(MASS_COLUMNS[:5])))
+
+
+def pool_mass_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One :func:`scores_by_mass` table from several (tomograms): counts summed per class,
+    rates recomputed from the sums."""
+    joined = pd.concat(list(tables), ignore_index=True)
+    counts = joined.groupby("class", sort=False, as_index=False).agg(
+        mass_kda=("mass_kda", "first"), n_true=("n_true", "sum"), n_found=("n_found", "sum"),
+        n_picks=("n_picks", "sum"))
+    return _mass_rates(counts)
+
+
+def _mass_rates(counts: pd.DataFrame) -> pd.DataFrame:
+    table = counts.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["recall"] = np.where(table["n_true"] > 0,
+                                   table["n_found"] / table["n_true"].clip(lower=1), math.nan)
+        table["precision"] = np.where(table["n_picks"] > 0,
+                                      table["n_found"] / table["n_picks"].clip(lower=1), math.nan)
+    table = table.sort_values(["mass_kda", "class"], kind="stable", na_position="last")
+    return table.reset_index(drop=True)[list(MASS_COLUMNS)]
+
+
+def mass_reaching(table: pd.DataFrame, recall: float = 0.9, precision: float = 0.9) -> float:
+    """The least mass (kDa) above which every class (with particles) of a
+    :func:`scores_by_mass` table has at least this recall and precision; NaN when even the
+    heaviest class misses."""
+    rows = table[(table["n_true"] > 0) & np.isfinite(table["mass_kda"])].sort_values("mass_kda")
+    passed = ((rows["recall"] >= recall) & (rows["precision"] >= precision)).to_numpy()
+    masses = rows["mass_kda"].to_numpy()
+    least = math.nan
+    for index in range(len(rows) - 1, -1, -1):
+        if not passed[index]:
+            break
+        least = float(masses[index])
+    return least
+
+
 def write_picks(path: str | os.PathLike, positions_xyz: np.ndarray, scores: np.ndarray,
                 tomogram_shape_zyx: Sequence[int], voxel_size_nm: float, tomo_name: str,
                 box_voxels: int = 40) -> None:
@@ -342,20 +561,65 @@ def write_picks(path: str | os.PathLike, positions_xyz: np.ndarray, scores: np.n
     write_particles_star(path, table, voxel_size_nm, box_voxels)
 
 
+def resolve_correction(requested: str, optics: Optics | None) -> str:
+    """The CTF correction to run: ``auto`` is ``wiener`` when the optics (defocus) are known
+    and ``none`` otherwise; any other mode as asked."""
+    if requested == "auto":
+        return "wiener" if optics is not None else "none"
+    if requested not in CTF_CORRECTIONS:
+        raise TomosiftError(f"ctf_correction must be auto or one of {', '.join(CTF_CORRECTIONS)}"
+                            f", got {requested!r}")
+    return requested
+
+
+def tomogram_optics(tomogram_path: str | os.PathLike, defocus_um: float | None = None,
+                    truth_path: str | os.PathLike | None = None,
+                    base: Optics | None = None) -> tuple[Optics | None, str]:
+    """The optics of a tomogram for CTF correction, and where they came from.
+
+    In this order: ``defocus_um`` given (with ``base``'s voltage, Cs and amplitude contrast;
+    None: 300 kV, 2 mm, 0.07),
+    the truth STAR's ``rlnDefocusU`` (:func:`optics_from_star`), the MRC header's
+    ``tomosift ctf`` label (:func:`optics_from_mrc`); (None, "none") when none says.
+    """
+    from dataclasses import replace
+
+    if defocus_um is not None:
+        if not defocus_um > 0:
+            raise TomosiftError(f"--defocus-um must be > 0 (underfocus), got {defocus_um:g}")
+        return replace(base or Optics(), defocus_um=float(defocus_um)), "given"
+    if truth_path is not None:
+        optics = optics_from_star(truth_path)
+        if optics is not None:
+            return optics, str(truth_path)
+    optics = optics_from_mrc(tomogram_path)
+    if optics is not None:
+        return optics, f"{tomogram_path} header"
+    return None, "none"
+
+
 def pick_tomogram(tomogram_path: str | os.PathLike, out_path: str | os.PathLike,
                   settings: PickSettings = PickSettings(), tomo_name: str | None = None,
-                  box_voxels: int = 40) -> int:
+                  box_voxels: int = 40, optics: Optics | None = None) -> int:
     """Pick one tomogram MRC into a particles STAR file; returns the number of picks.
 
-    ``tomo_name``: rlnTomoName (default: the file's stem). Raises TomosiftError naming the
-    file when nothing passes the threshold (and writes nothing).
+    ``tomo_name``: rlnTomoName (default: the file's stem). ``optics``: the tomogram's CTF
+    for ``settings.ctf_correction`` (None: the MRC header's ``tomosift ctf`` label). Raises
+    TomosiftError naming the file when nothing passes the threshold or no defocus is known
+    for a CTF correction (and writes nothing).
     """
     from pathlib import Path
 
     from tomosift.io import read_mrc
 
+    if settings.ctf_correction != "none" and optics is None:
+        optics = optics_from_mrc(tomogram_path)
+        if optics is None:
+            raise TomosiftError(f"{tomogram_path}: no defocus for the CTF correction "
+                                f"'{settings.ctf_correction}' (give --defocus-um, a truth STAR "
+                                "with rlnDefocusU, or --ctf-correction none)")
     volume, voxel_size_nm = read_mrc(tomogram_path)
-    positions, scores = pick(volume, voxel_size_nm, settings)
+    positions, scores = pick(volume, voxel_size_nm, settings, optics)
     if len(positions) == 0:
         raise TomosiftError(f"{tomogram_path}: no particles found (no DoG peak above the "
                             f"threshold, robust z-score {settings.threshold:g}; try a lower "
@@ -392,3 +656,16 @@ def score_pick_files(picks_path: str | os.PathLike, truth_path: str | os.PathLik
     picked = coordinates_of(picks, picks_path)
     truth, labels, names = read_truth(truth_path)
     return pick_scores(picked, truth, labels, names, tolerance_voxels)
+
+
+def score_mass_files(picks_path: str | os.PathLike, truth_path: str | os.PathLike,
+                     masses_kda: Mapping[str, float],
+                     tolerance_voxels: float = 2.0) -> pd.DataFrame:
+    """``scores_by_mass`` of a picks STAR file against a truth STAR file (class names from the
+    truth's tomosift_classes block, masses by class name)."""
+    from tomosift.tomograms.relion import coordinates_of, read_particles_star
+
+    picks, _, _ = read_particles_star(picks_path)
+    picked = coordinates_of(picks, picks_path)
+    truth, labels, names = read_truth(truth_path)
+    return scores_by_mass(picked, truth, labels, names, masses_kda, tolerance_voxels)

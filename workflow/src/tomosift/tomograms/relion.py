@@ -83,13 +83,18 @@ def particle_table(tomo_names: str | Sequence[str], coordinates_voxels: np.ndarr
 
 def write_particles_star(path: str | os.PathLike, particles: pd.DataFrame,
                          voxel_size_nm: float, box_voxels: int,
-                         class_names: Sequence[str] | None = None) -> None:
+                         class_names: Sequence[str] | None = None,
+                         optics_columns: dict | None = None) -> None:
     """Write optics + particles (+ class names) blocks atomically.
 
     ``voxel_size_nm`` and ``box_voxels`` describe the images the table points at (for picks
-    without images: the tomogram's voxel size and the box that extraction will cut).
+    without images: the tomogram's voxel size and the box that extraction will cut);
+    ``optics_columns``: further optics-block columns (name -> value, e.g. ``rlnVoltage``).
     """
-    blocks = {"optics": relion_optics(voxel_size_nm, box_voxels), "particles": particles}
+    optics = relion_optics(voxel_size_nm, box_voxels)
+    for name, value in (optics_columns or {}).items():
+        optics[name] = [value]
+    blocks = {"optics": optics, "particles": particles}
     if class_names:
         blocks[CLASSES_BLOCK] = pd.DataFrame({"rlnClassNumber": np.arange(1, len(class_names) + 1),
                                               "tomosiftClassName": list(class_names)})
