@@ -31,10 +31,10 @@ from scipy.spatial.transform import Rotation  # noqa: E402
 from tomosift.density import DensitySettings, make_density  # noqa: E402
 from tomosift.discovery.align import (  # noqa: E402
     AlignSettings,
-    _score_rotation,
     align,
     align_prepared,
     prepare,
+    score_rotation,
 )
 from tomosift.discovery.rotations import rotation_angle_deg, transform_volume  # noqa: E402
 from tomosift.discovery.wedge import apply_mask, wedge_mask  # noqa: E402
@@ -158,7 +158,7 @@ def baseline(volume: np.ndarray, grid_size: int, timed_rotations: int, full: int
     moving = prepare(particles[0], mask, settings)
     started = time.perf_counter()
     for rotation in grid[:timed_rotations]:
-        _score_rotation(reference, moving, rotation, settings)
+        score_rotation(reference, moving, rotation, settings)
     per_rotation = (time.perf_counter() - started) / timed_rotations
     seconds = per_rotation * grid_size
     print(f"  {1000 * per_rotation:.2f} ms per rotation (rotate, rotate mask, FFT, masked "
@@ -167,7 +167,7 @@ def baseline(volume: np.ndarray, grid_size: int, timed_rotations: int, full: int
     for index in range(full):
         moving = prepare(particles[index], mask, settings)
         started = time.perf_counter()
-        best = max(((*_score_rotation(reference, moving, rotation, settings), rotation)
+        best = max(((*score_rotation(reference, moving, rotation, settings), rotation)
                     for rotation in grid), key=lambda item: item[0])
         elapsed = time.perf_counter() - started
         angle = rotation_angle_deg(best[2], rotations[index].T)

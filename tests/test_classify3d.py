@@ -59,10 +59,12 @@ def test_reference_free_average_matches_the_known_pose_average(maps):
     one = compute_fsc(truth, volumes[0], VOXEL_NM).resolution_05_nm
     with_poses = compute_fsc(truth, known, VOXEL_NM).resolution_05_nm
     assert with_poses < one - 3.0
-    result = classify(volumes, ClassifySettings(classes=1, iterations=3), progress=False)
+    result = classify(volumes, ClassifySettings(classes=1, iterations=5), progress=False)
     without_poses = _resolution_on_truth(truth, result.averages[0])
     assert without_poses <= with_poses + 2.0
-    assert result.history[-1].mean_score > result.history[0].mean_score
+    # the alignment limit widens as the half-sets agree (mean scores are not comparable
+    # across limits)
+    assert result.history[-1].limit_shell > result.history[0].limit_shell
 
 
 def test_two_structures_are_separated_without_references(maps, tmp_path):

@@ -727,3 +727,21 @@ def simulate_shard_from_maps(
     plan = plan_from_params(params)
     start, stop = plan.shard_ranges(params["shard_size"])[params["shard_index"]]
     simulate_shard(densities, plan, settings, start, stop, out_path)
+
+
+def simulate_in_memory(densities: Sequence[np.ndarray], plan: DatasetPlan,
+                       settings: SimulationSettings, indices: Sequence[int] | None = None
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Particles of a dataset without a file: (volumes (N, n, n, n) float32, the ``truth/``
+    arrays of :data:`TRUTH_ARRAYS` for them), for small experiments and tests. The same
+    particles, bit for bit, as :func:`simulate_shard` writes for ``indices`` (default all)."""
+    simulator = ParticleSimulator.prepare(densities, plan, settings)
+    indices = range(plan.n_particles) if indices is None else indices
+    volumes, records = [], []
+    with threadpool_limits(limits=1):
+        for index in indices:
+            volume, record, _ = simulator.particle(int(index), int(index) // plan.per_class)
+            volumes.append(volume)
+            records.append(record)
+    truth = {name: np.stack([np.asarray(r[name]) for r in records]) for name in TRUTH_ARRAYS}
+    return np.stack(volumes).astype(np.float32), truth

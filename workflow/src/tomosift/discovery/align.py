@@ -301,6 +301,23 @@ def rotate_mask(mask: np.ndarray, rotation: np.ndarray, full_mask: np.ndarray | 
     return values.reshape(mask.shape).astype(np.float32)
 
 
+def rotate_weights(weights: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Real, even Fourier weights (rfftn layout, e.g. a particle's CTF² coverage) of a volume
+    transformed by R: W_R(k) = W(R^T k), nearest neighbour. Returns (n, n, n // 2 + 1) float32.
+    """
+    weights = np.asarray(weights, dtype=np.float32)
+    box = weights.shape[0]
+    full = np.empty((box, box, box), dtype=np.float32)
+    half = box // 2 + 1
+    full[:, :, :half] = weights
+    mirror = (-np.arange(box)) % box
+    rest = np.arange(half, box)
+    full[:, :, rest] = weights[mirror][:, mirror][:, :, mirror[rest]]
+    points = _frequency_grid(box) @ np.asarray(rotation, dtype=np.float32)
+    index = np.rint(points).astype(np.intp) % box
+    return full[index[:, 2], index[:, 1], index[:, 0]].reshape(weights.shape)
+
+
 @functools.lru_cache(maxsize=4)
 def _observed_sphere(box: int) -> np.ndarray:
     mask = wedge_mask(box, -90.0, 90.0)
@@ -489,9 +506,10 @@ def _shift_peak(correlation: np.ndarray, max_shift: float) -> tuple[np.ndarray, 
     return np.clip(shift, -max_shift, max_shift), centre
 
 
-def _score_rotation(reference: Prepared, moving: Prepared, rotation: np.ndarray,
-                    settings: AlignSettings) -> tuple[float, np.ndarray]:
-    """(constrained correlation at the best shift, that shift) for one rotation of moving."""
+def score_rotation(reference: Prepared, moving: Prepared, rotation: np.ndarray,
+                   settings: AlignSettings = AlignSettings()) -> tuple[float, np.ndarray]:
+    """(constrained correlation at the best shift, that shift (x, y, z voxels)) for one
+    rotation R of the moving volume: the translational search of :func:`align_prepared`."""
     box = reference.box
     rotated = transform_volume(moving.volume, rotation)
     b = scipy.fft.rfftn(rotated, workers=settings.fft_workers)
@@ -520,7 +538,7 @@ def align_prepared(reference: Prepared, moving: Prepared,
     scores = rotational_scores(reference, moving, settings)
     best = (-math.inf, np.eye(3), np.zeros(3))
     for rotation in _rotation_peaks(scores, settings):
-        score, shift = _score_rotation(reference, moving, rotation, settings)
+        score, shift = score_rotation(reference, moving, rotation, settings)
         if score > best[0]:
             best = (score, rotation, shift)
     score, rotation, shift = best

@@ -169,9 +169,10 @@ def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, c
         members = np.sort(rng.choice(members, settings.max_members, replace=False))
     particles = from_dataset(data_path, np.sort(members))
     tilt_min, tilt_max = particles.tilt_range_deg
-    classify_settings = ClassifySettings(min(settings.classes, len(members)),
+    classify_settings = ClassifySettings(max(1, min(settings.classes, len(members) // 2)),
                                          settings.iterations, tilt_min, tilt_max, settings.seed)
-    result = classify(particles.volumes, classify_settings, progress)
+    result = classify(particles.volumes, classify_settings, progress,
+                      particles.observations())
     names = particles.class_names
     write_classification(out / "classification", result, particles.ids, particles.voxel_size_nm,
                          [names[i] for i in particles.labels])
@@ -184,8 +185,7 @@ def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, c
         if key > best_key:
             best, best_key = c, key
     chosen = result.averages[best]
-    observed = (result.summed_masks[best] >= classify_settings.mask_threshold
-                * max(int(np.sum(result.classes == best)), 1)).astype(np.float32)
+    observed = result.observed(best, classify_settings.mask_threshold)
     alignment = align(truth, chosen, None, observed)
     on_truth = transform_volume(chosen, alignment.rotation, alignment.shift_voxels)
     write_mrc(out / "average_on_truth.mrc", on_truth, particles.voxel_size_nm)

@@ -157,3 +157,31 @@ def relion_pose(
         raise TomosiftError(f"shift must be a (3,) vector, got shape {shift.shape}")
     rot, tilt, psi = relion_angles(rotation.T)
     return rot, tilt, psi, -rotation.T @ shift
+
+
+def axis_angle_matrix(axis: np.ndarray, angle_rad: float) -> np.ndarray:
+    """(3, 3) rotation by ``angle_rad`` about the unit vector ``axis`` (x, y, z), Rodrigues."""
+    x, y, z = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + np.sin(angle_rad) * k + (1.0 - np.cos(angle_rad)) * (k @ k)
+
+
+def local_rotations(centre: np.ndarray, step_deg: float, rings: int = 2,
+                    directions: int = 12) -> np.ndarray:
+    """Rotations near ``centre``: centre itself, then ``centre`` composed with rotations by
+    ``step_deg``, 2 ``step_deg`` .. ``rings`` ``step_deg`` about ``directions`` axes spread
+    evenly over the sphere (Fibonacci lattice; the axes and their opposites, so each ring
+    covers both senses). Returns (1 + 2 rings directions, 3, 3): R = centre @ dR."""
+    centre = _check_rotation(centre)
+    index = np.arange(directions) + 0.5
+    polar = np.arccos(1.0 - index / directions)  # the upper hemisphere: -axis is the same
+    azimuth = np.pi * (1.0 + 5.0**0.5) * index
+    axes = np.stack([np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth),
+                     np.cos(polar)], axis=1)
+    out = [centre]
+    for ring in range(1, rings + 1):
+        angle = np.deg2rad(ring * step_deg)
+        for axis in axes:
+            out.append(centre @ axis_angle_matrix(axis, angle))
+            out.append(centre @ axis_angle_matrix(axis, -angle))
+    return np.stack(out)

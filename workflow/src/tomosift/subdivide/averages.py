@@ -72,7 +72,8 @@ def cluster_averages(data_path: str | os.PathLike, clusters_tsv: str | os.PathLi
             settings = ClassifySettings(classes=1, iterations=iterations, tilt_min_deg=low,
                                         tilt_max_deg=high, seed=seed)
             with limited_threads(threads):
-                volume = classify(particles.volumes, settings, progress=progress).averages[0]
+                volume = classify(particles.volumes, settings, progress=progress,
+                                  observations=particles.observations()).averages[0]
             voxel = particles.voxel_size_nm
             write_mrc(path, volume, voxel)
         paths.append(path)
