@@ -97,3 +97,32 @@ def test_join_names_the_differing_attribute(tmp_path, rng):
     import_particles(tmp_path / "a", tmp_path / "d.h5", polarity="dark", progress=False)
     with pytest.raises(TomosiftError, match=r"d\.h5: polarity dark differs from .*w\.h5's white"):
         join_particle_datasets([tmp_path / "w.h5", tmp_path / "d.h5"], tmp_path / "j.h5")
+
+
+def test_join_maps_fourier_weights_and_refuses_to_mix(tmp_path, rng):
+    from tomosift.discovery.particles import from_dataset
+    from tomosift.tomograms.records import ParticleRecords, write_particle_dataset
+
+    def dataset(name, n, weighted):
+        records = ParticleRecords([name] * n, np.full((n, 3), 5.0), np.full((n, 3), 64),
+                                  np.zeros((n, 3)), [""] * n, 0.5)
+        attrs = {"voxel_size_nm": 1.0, "box_voxels": 8, "tilt_max_deg": 60.0,
+                 "polarity": "white", "volume_dtype": "float32"}
+        if weighted:
+            attrs["ctf_corrected"] = True
+        volumes = rng.standard_normal((n, 8, 8, 8)).astype(np.float32)
+        weights = rng.uniform(0, 1, (n, 8, 8, 5)).astype(np.float32)
+        items = iter(zip(volumes, weights, strict=True)) if weighted else iter(volumes)
+        path = tmp_path / f"{name}.h5"
+        write_particle_dataset(path, items, n, 8, np.full(n, -1), [], records,
+                               np.full(n, b"test", dtype="S5"), attrs, progress=False,
+                               fourier_weights=weighted)
+        return path, weights
+
+    (first, w1), (second, w2) = dataset("TS_01", 2, True), dataset("TS_02", 3, True)
+    join_particle_datasets([first, second], tmp_path / "j.h5")
+    particles = from_dataset(tmp_path / "j.h5", [4, 0])
+    np.testing.assert_array_equal(particles.fourier_weights, np.stack([w2[2], w1[0]]))
+    raw, _ = dataset("TS_03", 1, False)
+    with pytest.raises(TomosiftError, match=r"TS_01\.h5: CTF-corrected .*TS_03\.h5"):
+        join_particle_datasets([first, raw], tmp_path / "k.h5")

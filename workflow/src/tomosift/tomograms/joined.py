@@ -31,7 +31,7 @@ SHARED_ATTRS = ("polarity", "tilt_max_deg")
 # Attributes copied to the joined file when every input has the same value.
 JOINED_ATTRS = ("voxel_size_nm", "box_voxels", "tilt_max_deg", "polarity", "volume_dtype",
                 "tomogram_voxel_size_nm", "smooth_sigma_nm", "test_fraction", "seed",
-                "tomosift_version")
+                "tomosift_version", "ctf_corrected")
 VOXEL_TOLERANCE = 1e-3
 
 
@@ -77,6 +77,7 @@ def join_particle_datasets(paths: Sequence[str | os.PathLike],
     labels, splits, sources, all_attrs = [], [], [], []
     records: dict[str, list] = {k: [] for k in PARTICLE_ARRAYS}
     shape, dtype, tomogram_voxel = None, None, None
+    weighted: list[bool] = []
     for path in paths:
         with open_dataset(path) as h5:
             volumes = h5["volumes"]
@@ -92,6 +93,11 @@ def join_particle_datasets(paths: Sequence[str | os.PathLike],
                 _check_matches(path, paths[0], attrs, all_attrs[0], volumes, shape, dtype,
                                voxel, tomogram_voxel)
             all_attrs.append(attrs)
+            weighted.append("fourier_weights" in h5)
+            if weighted[-1] != weighted[0]:
+                with_weights, without = (path, paths[0]) if weighted[-1] else (paths[0], path)
+                raise TomosiftError(f"{with_weights}: CTF-corrected particles with Fourier "
+                                    f"weights cannot be joined with {without}, which has none")
             local = class_names_of(h5)
             for name in local:
                 if name not in names:
@@ -119,6 +125,16 @@ def join_particle_datasets(paths: Sequence[str | os.PathLike],
     all_labels = np.concatenate(labels)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w", track_order=True) as h5:
         h5.create_virtual_dataset("volumes", layout)
+        if weighted[0]:  # CTF-corrected imports: their Fourier weights, mapped the same way
+            weight_shape = (shape[0], shape[1], shape[2] // 2 + 1)
+            weights = UntimedLayout(shape=(total, *weight_shape), dtype=np.float32)
+            start = 0
+            for path, n in sources:
+                relative = os.path.relpath(path.resolve(), out_path.resolve().parent)
+                weights[start: start + n] = h5py.VirtualSource(
+                    relative, "fourier_weights", shape=(n, *weight_shape))
+                start += n
+            h5.create_virtual_dataset("fourier_weights", weights)
         h5.create_dataset("labels", data=all_labels.astype(np.int16), track_times=False)
         h5.create_dataset("class_names", shape=(len(names),), dtype=string, data=names or None,
                           track_times=False)
