@@ -55,8 +55,10 @@ import scipy.fft
 from tomosift.discovery.align import (
     AlignSettings,
     Prepared,
+    _full_mask,
     align_prepared,
     prepare,
+    rotate_mask,
     rotate_weights,
     score_rotation,
 )
@@ -162,6 +164,7 @@ class Observations:
     optics: Optics | None = None
     fourier_weights: np.ndarray | None = None
     _transfers: dict = field(default_factory=dict, repr=False, compare=False)
+    _wedges: dict = field(default_factory=dict, repr=False, compare=False)
 
     def transfer(self, index: int, box: int) -> np.ndarray | None:
         """(n, n, n // 2 + 1) float32 signal transfer of bright particle ``index`` in its own
@@ -186,7 +189,11 @@ class Observations:
             if rotation is not None:
                 weights = rotate_weights(weights, rotation)
             return weights, weights
-        mask = wedge_mask(box, self.tilt_min_deg, self.tilt_max_deg, rotation=rotation)
+        if box not in self._wedges:
+            wedge = wedge_mask(box, self.tilt_min_deg, self.tilt_max_deg)
+            self._wedges[box] = (wedge, _full_mask(wedge, box))
+        wedge, full = self._wedges[box]
+        mask = wedge if rotation is None else rotate_mask(wedge, rotation, full)
         transfer = self.transfer(index, box)
         if transfer is None:
             return mask, mask
@@ -466,6 +473,7 @@ class _State:
     resolution: np.ndarray | None = None  # (K,)
     changed: int = 0
     poses: dict = field(default_factory=dict)  # particle -> [(R, s, weight)] in its class
+    accumulators: list = field(default_factory=list)  # [class][half] _Accumulator
 
     @classmethod
     def start(cls, starts: list[np.ndarray], n_particles: int, limit: int,
@@ -525,13 +533,22 @@ def _iterate(state: _State, particles: list[_Particle], observations: Observatio
 
 
 def _accumulate(state: _State, particles: list[_Particle], observations: Observations,
-                halves: np.ndarray, settings: RefineSettings, mask: np.ndarray) -> None:
-    """Half-maps, their FSC and resolution, the averages and coverage from the state's poses."""
+                halves: np.ndarray, settings: RefineSettings, mask: np.ndarray,
+                only: tuple[int, int] | None = None) -> None:
+    """Half-maps, their FSC and resolution, the averages and coverage from the state's poses
+    (re-summing only the half-set ``only`` = (class, half) when given)."""
     box = particles[0].volume.shape[0]
     k = len(state.references)
-    accumulators = [[_Accumulator.empty(box) for _ in range(2)] for _ in range(k)]
-    for i, particle in enumerate(particles):
-        _add(accumulators[state.classes[i]][halves[i]], particle, observations, state.poses[i])
+    if only is None or not state.accumulators:
+        state.accumulators = [[_Accumulator.empty(box) for _ in range(2)] for _ in range(k)]
+        chosen = range(len(particles))
+    else:
+        state.accumulators[only[0]][only[1]] = _Accumulator.empty(box)
+        chosen = np.flatnonzero((state.classes == only[0]) & (halves == only[1]))
+    accumulators = state.accumulators
+    for i in chosen:
+        _add(accumulators[state.classes[i]][halves[i]], particles[i], observations,
+             state.poses[i])
     state.half_maps = np.zeros((k, 2, box, box, box), dtype=np.float32)
     state.fsc = np.zeros((k, box // 2 + 1))
     state.averages = np.zeros((k, box, box, box), dtype=np.float32)
@@ -580,9 +597,8 @@ def _register_halves(state: _State, particles: list[_Particle], observations: Ob
                               for r, t, w in state.poses[i]]
             state.best_rotation[i, c] = found.rotation @ state.best_rotation[i, c]
             state.best_shift[i, c] = found.rotation @ state.best_shift[i, c] + found.shift_voxels
+        _accumulate(state, particles, observations, halves, settings, mask, only=(c, 1))
         moved = True
-    if moved:
-        _accumulate(state, particles, observations, halves, settings, mask)
     return moved
 
 
@@ -612,7 +628,19 @@ def refine(volumes: np.ndarray, settings: RefineSettings = RefineSettings(),
 
     ``initial``: (K, n, n, n) or (n, n, n) starting references instead of the reference-free
     start (they are low-passed to ``start_shells`` like it), e.g. to test stability.
+
+    Same input and seed give the same bytes whatever the thread limits: probability-weighted
+    poses carry every last bit into the average, and multi-threaded BLAS sums in another
+    order, so the small matrix products here run on one thread.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _refine(volumes, settings, observations, progress, initial)
+
+
+def _refine(volumes: np.ndarray, settings: RefineSettings, observations: Observations | None,
+            progress: bool, initial: np.ndarray | None) -> RefineResult:
     volumes = np.asarray(volumes, dtype=np.float32)
     k = settings.classes
     if volumes.ndim != 4 or len(volumes) < max(2 * k, 2):
