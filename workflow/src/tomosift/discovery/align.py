@@ -253,15 +253,20 @@ def _zyz(alpha: float, beta: float, gamma: float) -> np.ndarray:
 # -- masks and scores ---------------------------------------------------------------------
 
 
-def _full_mask(mask: np.ndarray, box: int) -> np.ndarray:
-    """(n, n, n) bool full-layout mask of an rfftn-layout one (masks are even: M(-k) = M(k))."""
-    full = np.empty((box, box, box), dtype=bool)
+def _full_layout(values: np.ndarray, box: int) -> np.ndarray:
+    """(n, n, n) full-layout array of an even rfftn-layout one (V(-k) = V(k))."""
+    full = np.empty((box, box, box), dtype=values.dtype)
     half = box // 2 + 1
-    full[:, :, :half] = mask > 0.5
+    full[:, :, :half] = values
     mirror = (-np.arange(box)) % box
     rest = np.arange(half, box)
-    full[:, :, rest] = (mask > 0.5)[mirror][:, mirror][:, :, mirror[rest]]
+    full[:, :, rest] = values[mirror][:, mirror][:, :, mirror[rest]]
     return full
+
+
+def _full_mask(mask: np.ndarray, box: int) -> np.ndarray:
+    """(n, n, n) bool full-layout mask of an rfftn-layout one (masks are even: M(-k) = M(k))."""
+    return _full_layout(mask > 0.5, box)
 
 
 @functools.lru_cache(maxsize=4)
@@ -307,12 +312,7 @@ def rotate_weights(weights: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     """
     weights = np.asarray(weights, dtype=np.float32)
     box = weights.shape[0]
-    full = np.empty((box, box, box), dtype=np.float32)
-    half = box // 2 + 1
-    full[:, :, :half] = weights
-    mirror = (-np.arange(box)) % box
-    rest = np.arange(half, box)
-    full[:, :, rest] = weights[mirror][:, mirror][:, :, mirror[rest]]
+    full = _full_layout(weights, box)
     points = _frequency_grid(box) @ np.asarray(rotation, dtype=np.float32)
     index = np.rint(points).astype(np.intp) % box
     return full[index[:, 2], index[:, 1], index[:, 0]].reshape(weights.shape)

@@ -81,6 +81,7 @@ import numpy as np
 import pandas as pd
 
 from tomosift.errors import TomosiftError
+from tomosift.grids import trilinear_corners
 from tomosift.io import ANGSTROM_PER_NM, atomic_path, write_star, write_text
 from tomosift.simulate.ctf import electron_wavelength_nm
 
@@ -682,23 +683,14 @@ def reconstruct_particle(images: np.ndarray, rotations: np.ndarray, transfer: np
         values[flip] = np.conj(values[flip])
         keep = np.all(np.abs(points) <= size / 2, axis=1)
         points, values, weights = points[keep], values[keep], weights[keep]
-        base = np.floor(points).astype(np.int64)
-        frac = points - base
-        for dz in (0, 1):
-            wz = frac[:, 2] if dz else 1 - frac[:, 2]
-            for dy in (0, 1):
-                wy = frac[:, 1] if dy else 1 - frac[:, 1]
-                for dx in (0, 1):
-                    wx = frac[:, 0] if dx else 1 - frac[:, 0]
-                    ix = base[:, 0] + dx
-                    inside = ix < half
-                    w = (wz * wy * wx)[inside]
-                    flat = (((base[inside, 2] + dz) % size) * size
-                            + (base[inside, 1] + dy) % size) * half + ix[inside]
-                    weight += np.bincount(flat, w * weights[inside], minlength=weight.size)
-                    data += np.bincount(flat, w * values[inside].real, minlength=data.size)
-                    data += 1j * np.bincount(flat, w * values[inside].imag,
-                                             minlength=data.size)
+        for corner, corner_weight in trilinear_corners(points):
+            inside = corner[:, 0] < half
+            w = corner_weight[inside]
+            flat = ((corner[inside, 2] % size) * size
+                    + corner[inside, 1] % size) * half + corner[inside, 0]
+            weight += np.bincount(flat, w * weights[inside], minlength=weight.size)
+            data += np.bincount(flat, w * values[inside].real, minlength=data.size)
+            data += 1j * np.bincount(flat, w * values[inside].imag, minlength=data.size)
     data = data.reshape(size, size, half)
     weight = weight.reshape(size, size, half)
     for plane in {0, half - 1}:
