@@ -244,6 +244,13 @@ def test_cli_end_to_end_with_averages_and_rerun(dataset, model, tmp_path, capsys
         assert np.std(volume) > 0
     assert not (out / "averages/cluster_003.mrc").exists()
     assert (out / "averages.png").is_file() and (out / "features.h5").is_file()
+    # gold-standard half-maps beside each average, and their resolution
+    resolution = pd.read_csv(out / "averages/resolution.tsv", sep="\t")
+    assert sorted(resolution["cluster"]) == [1, 2]
+    for number in (1, 2):
+        for half in (1, 2):
+            assert read_mrc(out / f"averages/cluster_{number:03d}_half{half}.mrc")[0].std() > 0
+    assert (resolution["resolution_0143_nm"] >= 2 * VOXEL_NM - 1e-6).all()
     before = {p: p.read_bytes() for p in (out / "clusters.tsv", out / "subsets/all.star")}
 
     def no_recompute(*args, **kwargs):

@@ -1,8 +1,11 @@
 """Reference-free averages of the largest clusters: a first look at what each subset holds.
 
 Each chosen cluster's average is :func:`tomosift.discovery.classify3d.classify` with one
-class on a seeded subsample of at most ``max_members`` members, the particles made bright as
-:func:`tomosift.discovery.particles.from_dataset` does and the tilt range the dataset records.
+class (gold-standard half-sets, :mod:`tomosift.discovery.refine`) on a seeded subsample of at
+most ``max_members`` members, the particles made bright as
+:func:`tomosift.discovery.particles.from_dataset` does, with what each observed (its wedge,
+CTF or Fourier weights). Beside each average go its two half-maps, and ``resolution.tsv``
+gives every average's half-set resolution at FSC 0.143.
 """
 
 from __future__ import annotations
@@ -37,15 +40,18 @@ def cluster_averages(data_path: str | os.PathLike, clusters_tsv: str | os.PathLi
                      out_dir: str | os.PathLike, clusters: int | Sequence[int] = 3,
                      max_members: int = 50, iterations: int = AVERAGE_ITERATIONS, seed: int = 1,
                      threads: int | None = None, progress: bool = True) -> list[Path]:
-    """Write ``out_dir/averages/cluster_<ccc>.mrc`` (the data's voxel size) for the chosen
-    clusters of a ``clusters.tsv`` and ``out_dir/averages.png`` (central slices); an average
-    newer than the table is kept. Returns the MRC paths."""
+    """Write ``out_dir/averages/cluster_<ccc>.mrc`` (the data's voxel size), its half-maps
+    ``cluster_<ccc>_half1.mrc`` and ``_half2.mrc``, ``averages/resolution.tsv`` (cluster,
+    members averaged, half-set resolution at FSC 0.143 in nm) for the chosen clusters of a
+    ``clusters.tsv``, and ``out_dir/averages.png`` (central slices); an average newer than the
+    table is kept. Returns the averages' MRC paths."""
     import pandas as pd
 
     from tomosift.classify.devices import limited_threads
     from tomosift.discovery.classify3d import ClassifySettings, classify
+    from tomosift.discovery.fsc import compute_fsc, soft_sphere_mask
     from tomosift.discovery.particles import from_dataset
-    from tomosift.io import read_mrc, write_mrc
+    from tomosift.io import read_mrc, write_mrc, write_text
     from tomosift.plots import density_montage
 
     clusters_tsv = Path(clusters_tsv)
@@ -58,27 +64,41 @@ def cluster_averages(data_path: str | os.PathLike, clusters_tsv: str | os.PathLi
     numbers = table["cluster"].to_numpy(dtype=np.int64)
     out = Path(out_dir)
     paths, volumes, names, voxel = [], [], [], None
+    rows = ["cluster\tmembers_averaged\tresolution_0143_nm"]
     for number in chosen_clusters(numbers, clusters):
         path = out / "averages" / f"cluster_{number:03d}.mrc"
-        if path.is_file() and path.stat().st_mtime >= clusters_tsv.stat().st_mtime:
+        halves = [path.with_name(f"{path.stem}_half{h}.mrc") for h in (1, 2)]
+        members = indices[numbers == number]
+        if len(members) > max_members:
+            rng = np.random.default_rng([seed, number])
+            members = np.sort(rng.choice(members, size=max_members, replace=False))
+        if all(p.is_file() and p.stat().st_mtime >= clusters_tsv.stat().st_mtime
+               for p in (path, *halves)):
             volume, voxel = read_mrc(path)
+            half_maps = [read_mrc(p)[0] for p in halves]
         else:
-            members = indices[numbers == number]
-            if len(members) > max_members:
-                rng = np.random.default_rng([seed, number])
-                members = np.sort(rng.choice(members, size=max_members, replace=False))
             particles = from_dataset(data_path, members)
             low, high = particles.tilt_range_deg
             settings = ClassifySettings(classes=1, iterations=iterations, tilt_min_deg=low,
                                         tilt_max_deg=high, seed=seed)
             with limited_threads(threads):
-                volume = classify(particles.volumes, settings, progress=progress,
-                                  observations=particles.observations()).averages[0]
-            voxel = particles.voxel_size_nm
+                result = classify(particles.volumes, settings, progress=progress,
+                                  observations=particles.observations())
+            volume, voxel = result.averages[0], particles.voxel_size_nm
+            # one member: no half-sets; its "half-maps" are itself (the FSC then says 2 voxels)
+            half_maps = (list(result.half_maps[0]) if result.half_maps is not None
+                         else [volume, volume])
+            for half_path, half in zip(halves, half_maps, strict=True):
+                write_mrc(half_path, half, voxel)
             write_mrc(path, volume, voxel)
+        box = volume.shape[0]
+        resolution = (compute_fsc(half_maps[0], half_maps[1], voxel, soft_sphere_mask(box))
+                      .resolution_0143_nm if len(members) > 1 else float("nan"))
+        rows.append(f"{number}\t{len(members)}\t{resolution:.3f}")
         paths.append(path)
         volumes.append(volume)
-        names.append(f"cluster {number}")
+        names.append(f"cluster {number} ({resolution:.1f} nm)")
     if volumes:
+        write_text(out / "averages" / "resolution.tsv", "\n".join(rows) + "\n")
         density_montage(names, volumes, voxel, out / "averages.png")
     return paths
