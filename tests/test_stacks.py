@@ -264,6 +264,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path):
 
 def test_cli_import_dataset_and_back_to_relion(tmp_path, capsys):
     from tomosift.subdivide.outputs import particle_metadata, particles_table, write_subsets
+    from tomosift.subdivide.shards import data_geometry
 
     optimisation, series = synthetic_export(tmp_path / "export")
     out = tmp_path / "particles.h5"
@@ -297,8 +298,16 @@ def test_cli_import_dataset_and_back_to_relion(tmp_path, capsys):
     # Back to RELION 5: the subsets keep the tomogram, the position and the angles.
     meta = particle_metadata(out)
     table = particles_table(np.array([0]), np.array([1]), np.array([0.0]), meta, None)
-    written = write_subsets(tmp_path / "subsets", table, PIXEL_A / 10, BOX)
-    back = starfile.read(written[1], always_dict=True)["particles"]
+    written = write_subsets(tmp_path / "subsets", table, PIXEL_A / 10, BOX,
+                            data_geometry(out)["optics_columns"])
+    blocks = starfile.read(written[1], always_dict=True)
+    back = blocks["particles"]
+    # relion_tomo_subtomo needs the tilt series' pixel size and the microscope to re-extract
+    optics = blocks["optics"].iloc[0]
+    with h5py.File(out) as h5:
+        assert optics["rlnTomoTiltSeriesPixelSize"] == pytest.approx(
+            h5.attrs["tilt_series_pixel_size_a"])
+    assert optics["rlnVoltage"] == pytest.approx(300.0)
     assert back["rlnTomoName"].iloc[0] == "TS_01"
     np.testing.assert_allclose(
         back[["rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",

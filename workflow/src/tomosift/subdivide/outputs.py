@@ -124,17 +124,20 @@ def particles_table(indices: np.ndarray, clusters: np.ndarray, distances: np.nda
 
 
 def write_subsets(folder: str | os.PathLike, table: pd.DataFrame, voxel_size_nm: float,
-                  box_voxels: int) -> list[Path]:
-    """``all.star`` and ``cluster_<ccc>.star`` per non-empty cluster; returns their paths."""
+                  box_voxels: int, optics_columns: dict | None = None) -> list[Path]:
+    """``all.star`` and ``cluster_<ccc>.star`` per non-empty cluster (``optics_columns``:
+    further optics-block columns, e.g. the microscope); returns their paths."""
     from tomosift.tomograms.relion import write_particles_star
 
     folder = Path(folder)
     written = [folder / "all.star"]
-    write_particles_star(written[0], table, voxel_size_nm, box_voxels)
+    write_particles_star(written[0], table, voxel_size_nm, box_voxels,
+                         optics_columns=optics_columns)
     for number in np.unique(table["rlnClassNumber"].to_numpy()):
         path = folder / f"cluster_{int(number):03d}.star"
         subset = table[table["rlnClassNumber"] == number].reset_index(drop=True)
-        write_particles_star(path, subset, voxel_size_nm, box_voxels)
+        write_particles_star(path, subset, voxel_size_nm, box_voxels,
+                             optics_columns=optics_columns)
         written.append(path)
     return written
 

@@ -151,7 +151,8 @@ def gather_and_cluster(feature_paths: Sequence[str | os.PathLike], data_path: st
                            subsets_note(meta))
     write_text(out / "summary.txt", "\n".join(lines) + "\n")
     table = particles_table(feature_set.indices, clusters, distances, meta, truth)
-    write_subsets(out / "subsets", table, geometry["voxel_size_nm"], geometry["box"])
+    write_subsets(out / "subsets", table, geometry["voxel_size_nm"], geometry["box"],
+                  geometry["optics_columns"])
     sizes = np.bincount(clusters, minlength=k + 1)[1:]
     plot_cluster_sizes(out / "cluster_sizes.png", sizes, f"{k} clusters of "
                        f"{len(clusters)} subtomograms")

@@ -75,14 +75,17 @@ def input_sign(model_file: dict, data_polarity: str | None) -> float:
 
 
 def data_geometry(data_path: str | os.PathLike) -> dict:
-    """N, box, voxel size (nm or None), labels (N,), splits (N,) and class names of a
-    dataset file (volumes stay on disk)."""
+    """N, box, voxel size (nm or None), labels (N,), splits (N,), class names and the RELION
+    optics columns the attributes give of a dataset file (volumes stay on disk)."""
     from tomosift.datasets import class_names_of, open_dataset
 
     with open_dataset(data_path) as h5:
+        from tomosift.tomograms.relion import optics_columns_of
+
         voxel = h5.attrs.get("voxel_size_nm")
         polarity = h5.attrs.get("polarity")
         return {"n": int(h5["volumes"].shape[0]), "box": int(h5["volumes"].shape[1]),
+                "optics_columns": optics_columns_of(dict(h5.attrs)),
                 "voxel_size_nm": None if voxel is None else float(voxel),
                 "polarity": None if polarity is None else str(polarity),
                 "labels": h5["labels"][()].astype(np.int64),

@@ -31,7 +31,8 @@ SHARED_ATTRS = ("polarity", "tilt_max_deg")
 # Attributes copied to the joined file when every input has the same value.
 JOINED_ATTRS = ("voxel_size_nm", "box_voxels", "tilt_max_deg", "polarity", "volume_dtype",
                 "tomogram_voxel_size_nm", "smooth_sigma_nm", "test_fraction", "seed",
-                "tomosift_version", "ctf_corrected")
+                "tomosift_version", "ctf_corrected", "voltage_kv", "cs_mm", "amplitude_contrast",
+                "tilt_series_pixel_size_a")
 VOXEL_TOLERANCE = 1e-3
 
 

@@ -81,6 +81,20 @@ def particle_table(tomo_names: str | Sequence[str], coordinates_voxels: np.ndarr
     return pd.DataFrame(columns)
 
 
+#: Dataset attributes that become RELION optics columns of the STAR files written from it.
+OPTICS_ATTRIBUTES = {"voltage_kv": "rlnVoltage", "cs_mm": "rlnSphericalAberration",
+                     "amplitude_contrast": "rlnAmplitudeContrast",
+                     "tilt_series_pixel_size_a": "rlnTomoTiltSeriesPixelSize"}
+
+
+def optics_columns_of(attrs: dict) -> dict:
+    """The RELION optics columns (name -> value) a dataset's attributes give: the microscope,
+    and for RELION 5 imports the tilt series' pixel size, which ``relion_tomo_subtomo`` needs
+    to extract a subset again."""
+    return {column: float(attrs[name]) for name, column in OPTICS_ATTRIBUTES.items()
+            if name in attrs and np.isfinite(float(attrs[name]))}
+
+
 def write_particles_star(path: str | os.PathLike, particles: pd.DataFrame,
                          voxel_size_nm: float, box_voxels: int,
                          class_names: Sequence[str] | None = None,

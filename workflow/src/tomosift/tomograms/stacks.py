@@ -806,6 +806,12 @@ def import_stack_particles(source, out_path, tomograms=None, polarity: str = "wh
                             dtype),
              "ctf_corrected": True, "stacks_2d": True,
              "wiener_fraction": float(wiener_fraction)}
+    group = stacks.optics_of(0)
+    first = next(iter(stacks.tomograms.values()))
+    attrs.update({"voltage_kv": group.voltage_kv, "cs_mm": group.cs_mm,
+                  "amplitude_contrast": group.amplitude_contrast,
+                  "tilt_series_pixel_size_a": float(group.tilt_series_pixel_size_a
+                                                    or first.pixel_size_a)})
     split = (stratified_split(class_labels_, test_fraction, seed) if labels_known
              else np.full(n, b"test", dtype="S5"))
     write_particle_dataset(out_path, iter_reconstructed(stacks, pad_factor, wiener_fraction),
