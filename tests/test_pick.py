@@ -401,3 +401,137 @@ def test_scores_by_mass_on_a_known_case():
     assert np.isnan(mass_reaching(table))
     good = table.assign(precision=[0.5, 0.95])
     assert mass_reaching(good) == 500.0
+
+
+# -- missing-wedge side lobes --------------------------------------------------------------------
+
+def wedge_filtered(volume: np.ndarray, tilt_max_deg: float = 60.0) -> np.ndarray:
+    """A (Z, Y, X) volume as a ±tilt_max tilt series records it (tilt axis y): its spectrum on
+    the double wedge |kz| <= tan(tilt_max) |kx| only, a linear convolution (zero-padded FFT,
+    so the streaks leave the box instead of wrapping round)."""
+    from tomosift.discovery.wedge import observed
+
+    padded = tuple(2 * n for n in volume.shape)
+    fz, fy, fx = np.meshgrid(np.fft.fftfreq(padded[0]), np.fft.fftfreq(padded[1]),
+                             np.fft.rfftfreq(padded[2]), indexing="ij")
+    mask = observed(np.stack([fx, fy, fz], axis=-1), -tilt_max_deg, tilt_max_deg)
+    spectrum = np.fft.rfftn(volume, s=padded, axes=(0, 1, 2)) * mask
+    out = np.fft.irfftn(spectrum, s=padded, axes=(0, 1, 2))
+    return out[: volume.shape[0], : volume.shape[1], : volume.shape[2]].astype(np.float32)
+
+
+def test_wedge_lobe_template_geometry():
+    """The side lobes of a ±60° wedge lie in the x-z plane ~45° from the beam, at a fraction
+    of the centre that a strong particle lifts above the threshold; without a wedge none."""
+    from tomosift.tomograms.pick import wedge_lobe_template
+
+    sigma_voxels = SIGMA_NM / VOXEL_NM
+    template = wedge_lobe_template(sigma_voxels, 1.1, 60.0, VOXEL_NM)
+    assert 0.05 < template.ratio < 0.3
+    lobes = template.lobes
+    centre = lobes.shape[0] // 2
+    z, y, x = np.indices(lobes.shape) - centre
+    assert lobes[centre, centre, centre] == 0  # the particle itself is not a lobe
+    # Nothing outside the double cone |z| >= tan(30°) r_xy, nor inside the central lobe.
+    outside = np.abs(z) < np.tan(np.radians(30)) * np.hypot(x, y) - 1e-6
+    assert lobes[outside].max() == 0
+    assert lobes[x**2 + y**2 + z**2 <= sigma_voxels**2].max() == 0
+    # The X: largest in the x-z plane (tilt axis y), at 45° ± 15° from the beam.
+    diagonal = template.at(np.array([[11.0, 0.0, 10.0], [-11.0, 0.0, 10.0]]))
+    assert np.all(diagonal > 0.05)
+    assert template.at(np.array([[0.0, 11.0, 10.0]]))[0] < 0.5 * diagonal.min()
+    in_plane = lobes[:, centre, :]
+    zz, xx = np.nonzero(in_plane > 0.5 * template.ratio)
+    angles = np.degrees(np.arctan2(np.abs(xx - centre), np.abs(zz - centre)))
+    assert angles.min() >= 0 and np.median(angles) > 20
+    # No wedge (±90°): no side lobes worth the name.
+    assert wedge_lobe_template(sigma_voxels, 1.1, 90.0, VOXEL_NM).ratio < 0.01
+    with pytest.raises(TomosiftError, match="tilt_max_deg"):
+        PickSettings(tilt_max_deg=0.0)
+
+
+def test_suppression_adds_the_lobes_of_every_stronger_pick():
+    """Linear superposition: two strong neighbours whose lobes each predict 2.5 at a pick of 8
+    explain it (8 - 5 < 5), one alone does not (8 - 2.5 >= 5); a dropped pick predicts none."""
+    from tomosift.tomograms.pick import LobeTemplate, suppress_wedge_lobes
+
+    lobes = np.zeros((21, 21, 21), dtype=np.float32)
+    for sx, sz in ((5, 5), (-5, -5), (5, -5), (-5, 5)):  # offsets (±5, 0, ±5)
+        lobes[10 + sz, 10, 10 + sx] = 0.1
+    template = LobeTemplate(lobes=lobes, ratio=0.1, peak_offset_xyz=(5, 0, 5))
+    weak, shift = np.array([20.0, 20, 20]), np.array([5.0, 0, 5])
+    strong = [weak + shift, weak - shift]
+    both = suppress_wedge_lobes(np.array([*strong, weak]), np.array([25.0, 25.0, 8.0]),
+                                template, threshold=5.0)
+    assert both.tolist() == [0, 1]
+    one = suppress_wedge_lobes(np.array([strong[0], weak]), np.array([25.0, 8.0]),
+                               template, threshold=5.0)
+    assert one.tolist() == [0, 1]
+    # The middle pick is a lobe of the first (9 - 6 < 5); the last lies beyond the first's
+    # template (offset (10, 0, 10)) and would be a lobe of the middle one (5.5 - 0.9 < 5),
+    # but a dropped pick is no particle and predicts no lobes.
+    chain = np.array([weak + shift, weak, weak - shift])
+    kept = suppress_wedge_lobes(chain, np.array([60.0, 9.0, 5.5]), template, threshold=5.0)
+    assert kept.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_wedge_side_lobes_of_a_strong_blob_are_suppressed(seed):
+    """One strong blob seen through a ±60° wedge plus weak noise: the plain DoG picks its
+    side lobes (in the x-z plane, ~45° from the beam), the suppression none of them; a real
+    second blob in the lobe region, half as strong, is kept."""
+    shape = (48, 48, 48)
+    centre = np.array([24.0, 24.0, 24.0])
+    in_lobe = np.array([34.0, 24.0, 34.0])  # (10, 0, 10) from it: in its side lobe
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 0.02, shape).astype(np.float32)
+
+    def blobs(centres, contrasts):
+        z, y, x = np.indices(shape, dtype=np.float32)
+        volume = np.zeros(shape, dtype=np.float32)
+        for (cx, cy, cz), c in zip(centres, contrasts, strict=True):
+            volume += c * np.clip(3.5 - np.sqrt((x - cx)**2 + (y - cy)**2 + (z - cz)**2), 0, 1)
+        return -ndimage.gaussian_filter(volume, 2.0)  # dark, soft-edged
+
+    volume = wedge_filtered(blobs([centre], [1.0])) + noise
+    plain = PickSettings(sigma_nm=SIGMA_NM, wedge_suppression=False)
+    found, _ = pick(volume, VOXEL_NM, plain)
+    offsets = found - centre
+    assert np.linalg.norm(offsets[0]) < 1
+    lobes = offsets[1:]
+    assert len(lobes) >= 2
+    assert np.all(np.abs(lobes[:, 1]) <= 1.5)  # the x-z plane
+    assert np.all(np.abs(lobes[:, 2]) >= np.tan(np.radians(30)) * np.abs(lobes[:, 0]))
+    suppressed, _ = pick(volume, VOXEL_NM, PickSettings(sigma_nm=SIGMA_NM))
+    assert len(suppressed) == 1 and np.linalg.norm(suppressed[0] - centre) < 1
+
+    pair = wedge_filtered(blobs([centre, in_lobe], [1.0, 0.5])) + noise
+    both, _ = pick(pair, VOXEL_NM, PickSettings(sigma_nm=SIGMA_NM))
+    assert len(both) == 2
+    assert match_picks(both, np.array([centre, in_lobe]), 1.0).tolist() == [0, 1]
+    assert len(pick(pair, VOXEL_NM, plain)[0]) > 2  # its lobes are there without suppression
+
+
+def test_cli_wedge_options(tmp_path, capsys):
+    """--no-wedge-suppression brings the side-lobe picks back; a tilt range outside (0, 90]
+    is refused in one line, nothing written."""
+    from tomosift.tomograms.relion import read_particles_star
+
+    shape = (48, 48, 48)
+    z, y, x = np.indices(shape, dtype=np.float32)
+    ball = np.clip(3.5 - np.sqrt((x - 24) ** 2 + (y - 24) ** 2 + (z - 24) ** 2), 0, 1)
+    volume = wedge_filtered(-ndimage.gaussian_filter(ball, 2.0))
+    volume += np.random.default_rng(1).normal(0, 0.02, shape).astype(np.float32)
+    tomogram, out = tmp_path / "T.mrc", tmp_path / "picks.star"
+    write_mrc(tomogram, volume, VOXEL_NM)
+    counts = {}
+    for flag in ("--wedge-suppression", "--no-wedge-suppression"):
+        code = main(["pick", str(tomogram), "--out", str(out), "--sigma-nm", str(SIGMA_NM),
+                     flag, "--tilt-max-deg", "60"])
+        assert code == 0
+        counts[flag] = len(read_particles_star(out)[0])
+    assert "wedge side lobes of ±60° suppressed" not in capsys.readouterr().out.splitlines()[-1]
+    assert counts["--wedge-suppression"] == 1 and counts["--no-wedge-suppression"] > 1
+    out.unlink()
+    code = main(["pick", str(tomogram), "--out", str(out), "--tilt-max-deg", "120"])
+    assert code == 2 and "tilt_max_deg" in capsys.readouterr().err and not out.exists()

@@ -41,6 +41,7 @@ rule pick:
     params:
         settings=sub_pick_params,
         defocus_um=sub_defocus_um,
+        tilt_max_deg=SUB["tilt_max_deg"],
         box_voxels=config["box_voxels"],
     threads: 1
     resources:

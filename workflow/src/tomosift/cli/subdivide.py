@@ -50,8 +50,9 @@ def _subdivide(args) -> None:
 
         result = subdivide_tomogram(args.model, args.tomogram, args.out_dir, args.k,
                                     picks_path=args.picks,
-                                    pick_settings=PickSettings(sigma_nm=args.sigma_nm,
-                                                               polarity=args.polarity),
+                                    pick_settings=PickSettings(
+                                        sigma_nm=args.sigma_nm, polarity=args.polarity,
+                                        tilt_max_deg=args.tilt_max_deg),
                                     smooth_sigma_nm=args.smooth_sigma_nm,
                                     tilt_max_deg=args.tilt_max_deg, **options)
     else:

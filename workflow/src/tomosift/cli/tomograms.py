@@ -3,6 +3,7 @@ the work is in :mod:`tomosift.tomograms`)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -50,6 +51,12 @@ def _add_pick(commands) -> None:
                       help="with --defocus-um: amplitude contrast (default 0.07)")
     pick.add_argument("--wiener-snr", type=float, default=1.0,
                       help="the Wiener filter's flat SNR (default 1)")
+    pick.add_argument("--wedge-suppression", action=argparse.BooleanOptionalAction,
+                      default=True, help="drop picks that the missing-wedge side lobes of "
+                      "stronger picks explain (default: on)")
+    pick.add_argument("--tilt-max-deg", type=float, default=60.0,
+                      help="the tilt range ±this (tilt axis y), for the wedge's side lobes "
+                      "(default 60)")
     pick.add_argument("--box", type=int, default=40, help="box for extraction (optics block)")
     pick.add_argument("--name", default=None, help="rlnTomoName (default: the file's stem)")
     pick.add_argument("--truth", type=Path, help="true particles (STAR) to score the picks")
@@ -85,14 +92,17 @@ def _pick(args) -> None:
         edge_nm=args.edge_nm,
         threshold=defaults.threshold if args.threshold is None else args.threshold,
         max_picks=args.max_picks, polarity=args.polarity, sigma_max_nm=args.sigma_max_nm,
-        ctf_correction=correction, wiener_snr=args.wiener_snr)
+        ctf_correction=correction, wiener_snr=args.wiener_snr,
+        wedge_suppression=args.wedge_suppression, tilt_max_deg=args.tilt_max_deg)
     count = pick_tomogram(args.tomogram, args.out, settings, tomo_name=args.name,
                           box_voxels=args.box, optics=optics)
     scales = ", ".join(f"{s:.3g}" for s in settings.sigmas_nm())
     ctf_text = ("no CTF correction" if correction == "none" else
                 f"{correction} CTF correction at {optics.defocus_um:g} µm ({source})")
+    wedge_text = (f", wedge side lobes of ±{settings.tilt_max_deg:g}° suppressed"
+                  if settings.wedge_suppression else "")
     print(f"{args.out}: {count} particles picked in {args.tomogram} (sigma {scales} nm, "
-          f"k {settings.k:g}, robust z >= {settings.threshold:g}, {ctf_text})")
+          f"k {settings.k:g}, robust z >= {settings.threshold:g}, {ctf_text}{wedge_text})")
     if args.truth:
         table = score_pick_files(args.out, args.truth, args.tolerance_voxels)
         overall = table.iloc[-1]

@@ -241,7 +241,7 @@ def subdivide_tomogram(model_path: str | os.PathLike, tomogram_path: str | os.Pa
 
     out = Path(out_dir)
     tomogram = Path(tomogram_path)
-    pick_settings = pick_settings or PickSettings()
+    pick_settings = pick_settings or PickSettings(tilt_max_deg=tilt_max_deg)
     model = load_model(model_path)
     box = int(model["box_voxels"])
     target = (model.get("trained_on") or {}).get("voxel_size_nm")

@@ -15,6 +15,14 @@ scaling factor ratio K = 1.1". Here:
    ``min_distance`` apart (the higher one wins), refined to sub-voxel by a 3-point parabola
    per axis.
 
+4. ``suppress_wedge_lobes`` (``PickSettings.wedge_suppression``): the missing wedge of a
+   ±tilt_max tilt series gives every particle's DoG response side lobes ~45° above and below it
+   (an X in the x-z plane; :func:`wedge_lobe_template`), which pass the threshold beside strong
+   particles in sparse tomograms. The picks are taken strongest first, and each one's score is
+   reduced by the side lobes the stronger kept picks predict at its place (their scores times
+   the lobe template, a linear prediction); a pick whose remainder no longer passes the
+   threshold is dropped.
+
 Optionally (``PickSettings.ctf_correction``), the tomogram is first corrected for the CTF
 (:func:`ctf_correct`: phase flip or Wiener filter at the tomogram's defocus) so that the DoG
 sees the particles' low frequencies with one sign; the picks' positions are all that comes out
@@ -25,6 +33,7 @@ Positions are (x, y, z) in voxels of the tomogram (voxel i covers [i − 0.5, i 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -80,6 +89,10 @@ class PickSettings:
         wiener_snr: the flat signal-to-noise ratio S of the Wiener filter
             −CTF / (CTF² + 1/S): large S inverts the CTF, small S tends to −S·CTF (a matched
             filter of the CTF).
+        wedge_suppression: drop picks that the missing-wedge side lobes of stronger picks
+            explain (:func:`suppress_wedge_lobes`, each scale on its own when multi-scale).
+        tilt_max_deg: the tilt series' range ±tilt_max_deg (tilt axis y, beam z), which
+            shapes the side lobes; 90: no wedge.
     """
 
     sigma_nm: float = 7.0
@@ -93,6 +106,8 @@ class PickSettings:
     sigma_max_nm: float | None = None
     ctf_correction: str = "none"
     wiener_snr: float = 1.0
+    wedge_suppression: bool = True
+    tilt_max_deg: float = 60.0
 
     def __post_init__(self) -> None:
         if self.ctf_correction not in CTF_CORRECTIONS:
@@ -100,6 +115,8 @@ class PickSettings:
                                 f"got {self.ctf_correction!r}")
         if not self.wiener_snr > 0:
             raise TomosiftError(f"wiener_snr must be > 0, got {self.wiener_snr:g}")
+        if not 0 < self.tilt_max_deg <= 90:
+            raise TomosiftError(f"tilt_max_deg must lie in (0, 90], got {self.tilt_max_deg:g}")
 
     def sigmas_nm(self) -> list[float]:
         """The DoG scales, smallest first."""
@@ -342,6 +359,163 @@ def _parabola_offsets(response: np.ndarray, zyx: np.ndarray) -> np.ndarray:
     return offsets
 
 
+#: Gaussian blobs (standard deviation in units of the DoG's σ) whose wedge-filtered DoG
+#: responses make up :func:`wedge_lobe_template`: from a point to a blob the size of σ.
+LOBE_BLOBS = (0.0, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class LobeTemplate:
+    """The side lobes of one particle's DoG response in a tomogram with a missing wedge.
+
+    Attributes:
+        lobes: (n, n, n) float32 [z, y, x], the response at offset (x, y, z) from the particle
+            in voxel ``[n // 2 + z, n // 2 + y, n // 2 + x]`` as a fraction of the response at
+            the particle's centre; zero inside the central lobe and outside the wedge's double
+            cone (see :func:`wedge_lobe_template`).
+        ratio: the largest side-lobe peak (off-centre local maximum in the cone) over the
+            centre peak.
+        peak_offset_xyz: the offset (voxels) of that largest side-lobe peak.
+    """
+
+    lobes: np.ndarray
+    ratio: float
+    peak_offset_xyz: tuple[int, int, int]
+
+    def at(self, offsets_xyz: np.ndarray) -> np.ndarray:
+        """(P,) the lobe fraction at offsets (P, 3) x, y, z (trilinear; 0 beyond the box)."""
+        offsets = np.asarray(offsets_xyz, dtype=np.float64).reshape(-1, 3)
+        centre = self.lobes.shape[0] // 2
+        coords = offsets[:, ::-1].T + centre
+        return ndimage.map_coordinates(self.lobes, coords, order=1, mode="constant", cval=0.0)
+
+
+def wedge_lobe_template(sigma_voxels: float, k: float, tilt_max_deg: float,
+                        voxel_size_nm: float, optics: Optics | None = None,
+                        correction: str = "none", wiener_snr: float = 1.0) -> LobeTemplate:
+    """The missing wedge's side lobes of the DoG response to a particle, computed once.
+
+    In Fourier space, on a cube of edge 2n cropped to the central n = 2·⌈6·kσ⌉ voxels (the
+    periodic images of the response stay outside the crop): a Gaussian blob (standard
+    deviation :data:`LOBE_BLOBS` × σ), times the tilt series' observed double wedge
+    ``|kz| ≤ tan(tilt_max)·|kx|`` (tilt axis y, beam z:
+    :func:`tomosift.discovery.wedge.observed`), times the CTF and its correction when
+    ``optics`` are known (the tomogram the DoG sees), times the DoG's transfer
+    ``exp(−2π²σ²f²) − exp(−2π²k²σ²f²)``. Back in real space each blob's response is divided
+    by its centre value, and the template is the largest over the blobs (particles from a
+    point to the DoG's own size), where positive.
+
+    Kept are the side lobes only: offsets within n/2 of the centre, inside the double cone
+    ``|z| ≥ tan(90° − tilt_max)·√(x² + y²)`` around the beam axis (the tilt series' rays run
+    within tilt_max of z, and the wedge's streaks with them), and outside the particle's own
+    central lobe (the connected region around the centre where the same blob's response
+    without a wedge is positive: there non-maximum suppression decides). At σ = 7 nm, 0.92 nm
+    voxels, ±60° the X-shaped lobes peak at about 0.08 of the centre, some 22 voxels to the
+    side and 22 above or below; the largest value, about 0.2, is the wedge's elongation of
+    the particle along z just beyond its central lobe. Beyond n/2 the streaks go on, at
+    0.02–0.04 of the centre, and are not modelled.
+    """
+    if not 0 < tilt_max_deg <= 90:
+        raise TomosiftError(f"tilt_max_deg must lie in (0, 90], got {tilt_max_deg:g}")
+    if sigma_voxels <= 0 or k <= 1:
+        raise TomosiftError(f"DoG needs sigma > 0 and k > 1, got sigma {sigma_voxels:g} voxels, "
+                            f"k {k:g}")
+    use_ctf = optics is not None and optics.ctf_enabled and correction in CTF_CORRECTIONS
+    return _lobe_template(float(sigma_voxels), float(k), float(tilt_max_deg),
+                          float(voxel_size_nm), optics if use_ctf else None,
+                          correction if use_ctf else "none", float(wiener_snr))
+
+
+@functools.lru_cache(maxsize=8)
+def _lobe_template(sigma_voxels: float, k: float, tilt_max_deg: float, voxel_size_nm: float,
+                   optics: Optics | None, correction: str, wiener_snr: float) -> LobeTemplate:
+    n = 2 * math.ceil(6 * k * sigma_voxels)
+    centre = n // 2
+    with_wedge = _blob_responses(sigma_voxels, k, n, tilt_max_deg, voxel_size_nm, optics,
+                                 correction, wiener_snr)
+    without = _blob_responses(sigma_voxels, k, n, 90.0, voxel_size_nm, optics, correction,
+                              wiener_snr)
+    z, y, x = np.indices((n, n, n)) - centre
+    # The double cone around the beam axis, within the ball the box holds ...
+    side = np.abs(z) >= math.tan(math.radians(90.0 - tilt_max_deg)) * np.hypot(x, y) - 1e-9
+    side &= x * x + y * y + z * z <= centre * centre
+    # ... outside the particle's own central lobe (where its wedge-free response is > 0).
+    regions, _ = ndimage.label(without > 0)
+    side &= regions != regions[centre, centre, centre]
+    lobes = np.where(side, np.clip(with_wedge, 0.0, None), 0.0).astype(np.float32)
+    lobes.setflags(write=False)
+    peak = np.unravel_index(int(np.argmax(lobes)), lobes.shape)
+    offset = tuple(int(peak[axis]) - centre for axis in (2, 1, 0))
+    return LobeTemplate(lobes=lobes, ratio=float(lobes[peak]), peak_offset_xyz=offset)
+
+
+def _blob_responses(sigma_voxels: float, k: float, n: int, tilt_max_deg: float,
+                    voxel_size_nm: float, optics: Optics | None, correction: str,
+                    wiener_snr: float) -> np.ndarray:
+    """(n, n, n) the largest over :data:`LOBE_BLOBS` of the DoG responses to a Gaussian blob
+    at voxel n // 2 (each over its centre value), through the wedge and the CTF chain;
+    computed on a box of 2n (the periodic images stay outside the crop) unless there is no
+    wedge (the response is then compact)."""
+    from scipy import fft
+
+    from tomosift.discovery.wedge import observed
+
+    m = n if tilt_max_deg >= 90 else 2 * n
+    full, half = np.fft.fftfreq(m), np.fft.rfftfreq(m)  # cycles per voxel
+    fz, fy, fx = np.meshgrid(full, full, half, indexing="ij", sparse=True)
+    f2 = fx * fx + fy * fy + fz * fz
+    transfer = (np.exp(-2 * np.pi**2 * sigma_voxels**2 * f2)
+                - np.exp(-2 * np.pi**2 * (k * sigma_voxels) ** 2 * f2))
+    if tilt_max_deg < 90:
+        frequencies = np.stack(np.broadcast_arrays(fx, fy, fz), axis=-1)
+        transfer *= observed(frequencies, -tilt_max_deg, tilt_max_deg)
+        del frequencies
+    if optics is not None:
+        recorded = ctf(np.sqrt(f2) / voxel_size_nm, optics)
+        if correction == "phase-flip":
+            recorded *= -np.sign(recorded)
+        elif correction == "wiener":
+            recorded *= -recorded / (recorded**2 + 1.0 / wiener_snr)
+        transfer *= recorded
+    centre = n // 2
+    crop = (slice(m // 2 - centre, m // 2 - centre + n),) * 3
+    envelope = np.full((n, n, n), -np.inf)
+    for blob in LOBE_BLOBS:
+        blob_voxels = blob * sigma_voxels
+        spectrum = (transfer * np.exp(-2 * np.pi**2 * blob_voxels**2 * f2)).astype(np.complex64)
+        response = np.fft.fftshift(fft.irfftn(spectrum, s=(m, m, m), workers=-1))[crop]
+        envelope = np.maximum(envelope, response / response[centre, centre, centre])
+    return envelope
+
+
+def suppress_wedge_lobes(positions_xyz: np.ndarray, scores: np.ndarray,
+                         template: LobeTemplate, threshold: float) -> np.ndarray:
+    """Indices of the picks (sorted best first) that the side lobes of stronger picks do not
+    explain.
+
+    The DoG is linear, so at a pick the response is its own particle's, plus the side lobes
+    of the particles around it, plus noise. Strongest first, each pick is given the lobes its
+    stronger *kept* neighbours predict there, ``Σ_j score_j · lobes(x_i − x_j)``
+    (:class:`LobeTemplate`; scores are robust z-scores, whose zero is the median, so the
+    prediction scales with them), and is kept when its score less that prediction still passes
+    ``threshold`` (the same noise test as every pick's); a dropped pick predicts no lobes.
+    """
+    points = np.asarray(positions_xyz, dtype=np.float64).reshape(-1, 3)
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(points) < 2:
+        return np.arange(len(points))
+    reach = math.sqrt(3) * (template.lobes.shape[0] // 2)
+    neighbours = cKDTree(points).query_ball_point(points, reach)
+    kept = np.zeros(len(points), dtype=bool)
+    for i in range(len(points)):
+        stronger = np.asarray([j for j in neighbours[i] if j < i and kept[j]], dtype=np.int64)
+        predicted = 0.0
+        if len(stronger):
+            predicted = float(values[stronger] @ template.at(points[i] - points[stronger]))
+        kept[i] = values[i] - predicted >= threshold
+    return np.flatnonzero(kept)
+
+
 def pick(volume: np.ndarray, voxel_size_nm: float,
          settings: PickSettings = PickSettings(),
          optics: Optics | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +523,8 @@ def pick(volume: np.ndarray, voxel_size_nm: float,
 
     ``optics``: the tomogram's CTF (its ``defocus_um``), needed when
     ``settings.ctf_correction`` is not "none"; the DoG then runs on :func:`ctf_correct`'s
-    output.
+    output. When given, the wedge's side-lobe template (``settings.wedge_suppression``)
+    includes the CTF (and its correction) too.
 
     Returns:
         positions (P, 3) x, y, z in voxels and scores (P,) (robust z-score of the DoG
@@ -372,16 +547,36 @@ def pick(volume: np.ndarray, voxel_size_nm: float,
                                                      settings.k, settings.polarity), edge)
         positions, scores = find_peaks(response, min_distance, edge, settings.threshold,
                                        settings.refine)
+        del response
+        positions, scores = _without_lobes(positions, scores, sigmas[0], voxel_size_nm,
+                                           settings, optics)
     else:
-        positions, scores = _multiscale_peaks(volume, voxel_size_nm, sigmas, settings, edge)
+        positions, scores = _multiscale_peaks(volume, voxel_size_nm, sigmas, settings, edge,
+                                              optics)
     if settings.max_picks is not None:
         positions, scores = positions[: settings.max_picks], scores[: settings.max_picks]
     return positions, scores
 
 
+def _without_lobes(positions: np.ndarray, scores: np.ndarray, sigma_nm: float,
+                   voxel_size_nm: float, settings: PickSettings,
+                   optics: Optics | None) -> tuple[np.ndarray, np.ndarray]:
+    """The picks of one DoG scale less those the wedge's side lobes explain (when
+    ``settings.wedge_suppression``; :func:`suppress_wedge_lobes`)."""
+    if not settings.wedge_suppression or len(scores) < 2:
+        return positions, scores
+    template = wedge_lobe_template(sigma_nm / voxel_size_nm, settings.k, settings.tilt_max_deg,
+                                   voxel_size_nm, optics, settings.ctf_correction,
+                                   settings.wiener_snr)
+    kept = suppress_wedge_lobes(positions, scores, template, settings.threshold)
+    return positions[kept], scores[kept]
+
+
 def _multiscale_peaks(volume: np.ndarray, voxel_size_nm: float, sigmas_nm: Sequence[float],
-                      settings: PickSettings, edge_voxels: float) -> tuple[np.ndarray, np.ndarray]:
-    """Peaks of the DoG at every scale (each its own robust z ≥ threshold), then coarse-first
+                      settings: PickSettings, edge_voxels: float,
+                      optics: Optics | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of the DoG at every scale (each its own robust z ≥ threshold, less the wedge's
+    side lobes of that scale when ``settings.wedge_suppression``), then coarse-first
     blob non-maximum suppression: sorted by scale (largest first), then z, a kept peak removes
     every later one whose blob overlaps its own (centres closer than r_i + r_j, r = √3·σ).
 
@@ -397,6 +592,7 @@ def _multiscale_peaks(volume: np.ndarray, voxel_size_nm: float, sigmas_nm: Seque
         found, z = find_peaks(response, base * sigma_nm / sigmas_nm[0], edge_voxels,
                               settings.threshold, settings.refine)
         del response
+        found, z = _without_lobes(found, z, sigma_nm, voxel_size_nm, settings, optics)
         positions.append(found)
         scores.append(z)
         radii.append(np.full(len(z), math.sqrt(3) * sigma_nm / voxel_size_nm))
