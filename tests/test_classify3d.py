@@ -59,7 +59,7 @@ def test_reference_free_average_matches_the_known_pose_average(maps):
     one = compute_fsc(truth, volumes[0], VOXEL_NM).resolution_05_nm
     with_poses = compute_fsc(truth, known, VOXEL_NM).resolution_05_nm
     assert with_poses < one - 3.0
-    result = classify(volumes, ClassifySettings(classes=1, iterations=4), progress=False)
+    result = classify(volumes, ClassifySettings(classes=1, iterations=4, workers=2), progress=False)
     without_poses = _resolution_on_truth(truth, result.averages[0])
     assert without_poses <= with_poses + 2.0
     # the alignment limit widens as the half-sets agree (mean scores are not comparable

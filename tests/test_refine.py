@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -80,7 +82,7 @@ def test_reference_free_average_reaches_the_known_pose_level(truth_map, dose20_s
     assert 0.01 < snr < 0.03
     known_score = _low_shell_fsc(truth_map, known, aligned=False)
     plain_score = _low_shell_fsc(truth_map, volumes.mean(0))
-    result = refine(volumes, RefineSettings(seed=1), observations, progress=False)
+    result = refine(volumes, RefineSettings(seed=1, workers=2), observations, progress=False)
     score = _low_shell_fsc(truth_map, result.averages[0])
     assert score >= plain_score
     assert score >= 0.85 * known_score, (score, known_score, plain_score)
@@ -96,14 +98,14 @@ def test_reference_free_average_never_falls_below_the_plain_mean(truth_map, dose
     volumes, _, observations, snr = dose8_set
     assert snr < 0.01
     plain_score = _low_shell_fsc(truth_map, volumes.mean(0))
-    result = refine(volumes, RefineSettings(seed=1), observations, progress=False)
+    result = refine(volumes, RefineSettings(seed=1, workers=2), observations, progress=False)
     assert _low_shell_fsc(truth_map, result.averages[0]) >= plain_score
 
 
 def test_refinement_from_the_truth_stays_at_the_known_pose_level(truth_map, dose8_set):
     volumes, known, observations, _ = dose8_set
     known_score = _low_shell_fsc(truth_map, known, aligned=False)
-    result = refine(volumes, RefineSettings(seed=1, iterations=5), observations,
+    result = refine(volumes, RefineSettings(seed=1, iterations=5, workers=2), observations,
                     progress=False, initial=truth_map)
     scores = [_low_shell_fsc(truth_map, a[0], aligned=False) for a in result.iteration_averages]
     # in the truth's frame, iteration after iteration: no drift into noise
@@ -184,3 +186,15 @@ def test_wiener_average_divides_by_the_summed_weights():
     assert np.allclose(result, volume, atol=1e-4)
     shrunk = wiener_average(np.fft.rfftn(volume) * weights, weights, 1.0)
     assert np.allclose(shrunk, volume / 2, atol=1e-4)  # ε = the mean weight: W / (W + W)
+
+
+def test_same_bytes_whatever_the_number_of_workers(dose8_set):
+    volumes, _, observations, _ = dose8_set
+    settings = RefineSettings(seed=3, iterations=3, global_iterations=2, starts=1)
+    one = refine(volumes[:12], replace(settings, workers=1), replace(
+        observations, defocus_um=observations.defocus_um[:12]), progress=False)
+    two = refine(volumes[:12], replace(settings, workers=2), replace(
+        observations, defocus_um=observations.defocus_um[:12]), progress=False)
+    assert one.averages.tobytes() == two.averages.tobytes()
+    assert one.half_maps.tobytes() == two.half_maps.tobytes()
+    assert one.rotations.tobytes() == two.rotations.tobytes()

@@ -14,7 +14,7 @@ with limited_threads(snakemake.threads):
         snakemake.input.truth,
         snakemake.params.out_dir,
         snakemake.wildcards.features,
-        RecoverySettings(**snakemake.params.settings),
+        RecoverySettings(**snakemake.params.settings, workers=snakemake.threads),
     )
 log.info("%s with %s features: %.2f nm (%s)", row["class"], row["features"],
          row["resolution_nm"], "success" if row["success"] else "not recovered")

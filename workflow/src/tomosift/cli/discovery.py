@@ -57,7 +57,8 @@ def add_commands(commands) -> None:
     average.add_argument("--invert", action="store_true",
                          help="MRC/STAR particles are dark (negate them); datasets say so")
     average.add_argument("--seed", type=int, default=1)
-    average.add_argument("--threads", type=int, default=None)
+    average.add_argument("--threads", type=int, default=None,
+                         help="CPU threads, and processes aligning particles (same result)")
     average.add_argument("--out-dir", required=True, type=Path)
     average.set_defaults(handler=_average)
 
@@ -184,7 +185,8 @@ def _average(args) -> None:
     indices = subset_indices(args.subset) if args.subset else None
     particles = load_particles(args.data, indices, args.invert)
     low, high = _tilt_range(args, particles.tilt_range_deg)
-    settings = ClassifySettings(args.classes, args.iterations, low, high, args.seed)
+    settings = ClassifySettings(args.classes, args.iterations, low, high, args.seed,
+                                workers=args.threads or 1)
     with limited_threads(args.threads):
         result = classify(particles.volumes, settings,
                           observations=particles.observations((low, high)))

@@ -33,7 +33,8 @@ class ClassifySettings:
     """How reference-free classification runs (the rest: :class:`RefineSettings` defaults).
 
     ``mask_threshold``: in a class average's coverage, a frequency counts as observed where
-    the summed weights reach this fraction of their maximum.
+    the summed weights reach this fraction of their maximum. ``workers``: processes (the
+    result is the same bytes for any number).
     """
 
     classes: int = 3
@@ -43,6 +44,7 @@ class ClassifySettings:
     seed: int = 1
     mask_threshold: float = 0.05
     align: AlignSettings = field(default_factory=AlignSettings)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.classes < 1 or self.iterations < 1:
@@ -51,7 +53,7 @@ class ClassifySettings:
     def refine_settings(self) -> RefineSettings:
         return RefineSettings(classes=self.classes, iterations=self.iterations,
                               tilt_min_deg=self.tilt_min_deg, tilt_max_deg=self.tilt_max_deg,
-                              seed=self.seed, align=self.align)
+                              seed=self.seed, align=self.align, workers=self.workers)
 
 
 @dataclass

@@ -64,6 +64,7 @@ class RecoverySettings:
     seed: int = 1
     max_members: int | None = None
     novelty_top: int = 3
+    workers: int = 1
 
 
 def cluster_test_split(feature_set: FeatureSet, k: int, seed: int) -> tuple[np.ndarray,
@@ -170,7 +171,8 @@ def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, c
     particles = from_dataset(data_path, np.sort(members))
     tilt_min, tilt_max = particles.tilt_range_deg
     classify_settings = ClassifySettings(max(1, min(settings.classes, len(members) // 2)),
-                                         settings.iterations, tilt_min, tilt_max, settings.seed)
+                                         settings.iterations, tilt_min, tilt_max, settings.seed,
+                                         workers=settings.workers)
     result = classify(particles.volumes, classify_settings, progress,
                       particles.observations())
     names = particles.class_names

@@ -98,6 +98,8 @@ class RefineSettings:
         mask_edge_voxels: soft edge of the spherical particle and reference mask; the radius
             is ``n / 2 - mask_edge_voxels - 1`` unless ``mask_radius_voxels`` is set.
         wiener_fraction: the Wiener term as a fraction of the mean summed weight.
+        workers: processes (forked) that align particles and sum their terms; the results
+            are the same bytes for any number.
         align: alignment settings (shells and score radius are set per iteration).
     """
 
@@ -124,11 +126,14 @@ class RefineSettings:
     mask_radius_voxels: float | None = None
     mask_edge_voxels: float = 3.0
     wiener_fraction: float = 0.1
+    workers: int = 1
     align: AlignSettings = field(default_factory=AlignSettings)
 
     def __post_init__(self) -> None:
         if self.classes < 1 or self.iterations < 1:
             raise TomosiftError("classes and iterations must be >= 1")
+        if self.workers < 1:
+            raise TomosiftError(f"workers must be >= 1, got {self.workers}")
         if self.start_shells < 2:
             raise TomosiftError(f"start_shells must be >= 2, got {self.start_shells}")
         if self.shell_margin < 0 or self.max_shell_step < 0:
@@ -317,9 +322,13 @@ def crop_half_spectrum(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def _crop(volume: np.ndarray, size: int) -> np.ndarray:
-    from tomosift.classify.inputs import fourier_crop
-
-    return fourier_crop(volume[None], size)[0] if size != volume.shape[0] else volume
+    """(m, m, m) float32 Fourier crop of an (n, n, n) volume (mean kept; voxel n // 2 lands on
+    m // 2), in numpy: no torch threads in forked workers."""
+    box = volume.shape[0]
+    if size == box:
+        return volume
+    spectrum = crop_half_spectrum(scipy.fft.rfftn(volume), size)
+    return (scipy.fft.irfftn(spectrum, s=(size,) * 3) / (box / size) ** 3).astype(np.float32)
 
 
 class _Particle:
@@ -486,6 +495,80 @@ class _State:
                    np.zeros((n_particles, k, 3)), np.full(n_particles, -1, dtype=np.int64))
 
 
+#: What the worker functions read: set before a pool forks, so children inherit it.
+_CONTEXT: dict = {}
+
+
+def _parallel_map(function, indices, workers: int, context: dict, bar=None) -> list:
+    """``[function(i) for i in indices]``, in order, over ``workers`` forked processes when
+    more than one (the children read ``context`` through :data:`_CONTEXT`). Each item is
+    computed alone and the caller combines them in order, so the result is the same bytes
+    whatever the number of workers."""
+    import multiprocessing
+
+    global _CONTEXT
+    _CONTEXT = context
+    indices = list(indices)
+    try:
+        forkable = "fork" in multiprocessing.get_all_start_methods()
+        if workers <= 1 or len(indices) < 2 or not forkable:
+            out = []
+            for i in indices:
+                out.append(function(i))
+                if bar is not None:
+                    bar.update(1)
+            return out
+        chunk = max(1, len(indices) // (8 * workers))
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            out = []
+            for item in pool.imap(function, indices, chunksize=chunk):
+                out.append(item)
+                if bar is not None:
+                    bar.update(1)
+            return out
+    finally:
+        _CONTEXT = {}
+
+
+def _align_one(i: int):
+    """Particle i against its half's class references: per class its best pose; the best
+    class, its score and its probability-weighted poses."""
+    c_ = _CONTEXT
+    particle, state, settings = c_["particles"][i], c_["state"], c_["settings"]
+    align_settings, size, box = c_["align_settings"], c_["size"], c_["box"]
+    prepared = particle.prepared(align_settings, size)
+    n_coefficients = _n_coefficients(particle.observed, float(align_settings.score_radius))
+    k = len(state.references)
+    best_rotations, best_shifts = np.empty((k, 3, 3)), np.empty((k, 3))
+    best: tuple | None = None
+    for c in range(k):
+        reference = state.references[c][c_["halves"][i]]
+        if c_["is_global"]:
+            found = _global_candidates(reference, prepared, align_settings,
+                                       settings.global_peaks)
+        else:
+            found = _local_candidates(reference, prepared, state.best_rotation[i, c],
+                                      c_["step_deg"], settings, align_settings)
+        found = (found[0], found[1] * box / size, found[2])
+        top = int(np.argmax(found[2]))
+        best_rotations[c], best_shifts[c] = found[0][top], found[1][top]
+        if best is None or found[2][top] > best[0]:
+            best = (float(found[2][top]), c, found)
+    score, c, (rotations, shifts, candidate_scores) = best
+    chosen, weights = pose_probabilities(candidate_scores, n_coefficients, settings.max_poses)
+    poses = [(rotations[j], shifts[j], float(w)) for j, w in zip(chosen, weights, strict=True)]
+    return best_rotations, best_shifts, c, score, poses
+
+
+def _contribution(i: int) -> _Accumulator:
+    """Particle i's terms of its class and half-set average."""
+    c_ = _CONTEXT
+    particle = c_["particles"][i]
+    acc = _Accumulator.empty(particle.volume.shape[0])
+    _add(acc, particle, c_["observations"], c_["state"].poses[i])
+    return acc
+
+
 def _iterate(state: _State, particles: list[_Particle], observations: Observations,
              halves: np.ndarray, settings: RefineSettings, is_global: bool, step_deg: float,
              mask: np.ndarray, bar) -> None:
@@ -494,33 +577,15 @@ def _iterate(state: _State, particles: list[_Particle], observations: Observatio
     box = particles[0].volume.shape[0]
     k = len(state.references)
     align_settings, size = _align_settings(settings, state.limit, box)
-    radius = float(align_settings.score_radius)
     previous = state.classes.copy()
+    context = {"particles": particles, "state": state, "settings": settings, "box": box,
+               "align_settings": align_settings, "size": size, "halves": halves,
+               "is_global": is_global, "step_deg": step_deg}
+    found = _parallel_map(_align_one, range(len(particles)), settings.workers, context, bar)
     scores = np.zeros(len(particles))
-    for i, particle in enumerate(particles):
-        prepared = particle.prepared(align_settings, size)
-        n_coefficients = _n_coefficients(particle.observed, radius)
-        best: tuple | None = None
-        for c in range(k):
-            reference = state.references[c][halves[i]]
-            if is_global:
-                found = _global_candidates(reference, prepared, align_settings,
-                                           settings.global_peaks)
-            else:
-                found = _local_candidates(reference, prepared, state.best_rotation[i, c],
-                                          step_deg, settings, align_settings)
-            found = (found[0], found[1] * box / size, found[2])
-            top = int(np.argmax(found[2]))
-            state.best_rotation[i, c], state.best_shift[i, c] = found[0][top], found[1][top]
-            if best is None or found[2][top] > best[0]:
-                best = (float(found[2][top]), c, found)
-        score, c, (rotations, shifts, candidate_scores) = best
-        state.classes[i], scores[i] = c, score
-        chosen, weights = pose_probabilities(candidate_scores, n_coefficients,
-                                             settings.max_poses)
-        state.poses[i] = [(rotations[j], shifts[j], float(w))
-                          for j, w in zip(chosen, weights, strict=True)]
-        bar.update(1)
+    for i, (rotations, shifts, c, score, poses) in enumerate(found):
+        state.best_rotation[i], state.best_shift[i] = rotations, shifts
+        state.classes[i], scores[i], state.poses[i] = c, score, poses
     for c in range(k):
         if not np.any(state.classes == c):  # an empty class restarts from the worst fit
             worst = int(np.argmin(scores))
@@ -546,9 +611,12 @@ def _accumulate(state: _State, particles: list[_Particle], observations: Observa
         state.accumulators[only[0]][only[1]] = _Accumulator.empty(box)
         chosen = np.flatnonzero((state.classes == only[0]) & (halves == only[1]))
     accumulators = state.accumulators
-    for i in chosen:
-        _add(accumulators[state.classes[i]][halves[i]], particles[i], observations,
-             state.poses[i])
+    context = {"particles": particles, "state": state, "observations": observations}
+    for i, term in zip(chosen, _parallel_map(_contribution, chosen, settings.workers, context),
+                       strict=True):
+        target = accumulators[state.classes[i]][halves[i]]
+        target.numerator += term.numerator
+        target.denominator += term.denominator
     state.half_maps = np.zeros((k, 2, box, box, box), dtype=np.float32)
     state.fsc = np.zeros((k, box // 2 + 1))
     state.averages = np.zeros((k, box, box, box), dtype=np.float32)

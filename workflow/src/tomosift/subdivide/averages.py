@@ -80,7 +80,7 @@ def cluster_averages(data_path: str | os.PathLike, clusters_tsv: str | os.PathLi
             particles = from_dataset(data_path, members)
             low, high = particles.tilt_range_deg
             settings = ClassifySettings(classes=1, iterations=iterations, tilt_min_deg=low,
-                                        tilt_max_deg=high, seed=seed)
+                                        tilt_max_deg=high, seed=seed, workers=threads or 1)
             with limited_threads(threads):
                 result = classify(particles.volumes, settings, progress=progress,
                                   observations=particles.observations())
