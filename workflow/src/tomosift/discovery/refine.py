@@ -41,6 +41,10 @@ noisy particle: the average converges to noise. This module refines as RELION an
    CTF-corrected import (``sum_i W_i X_i / (sum_i W_i + ε)``). ``ε`` (the Wiener term) is
    ``wiener_fraction`` times the mean of the summed weights where they are positive.
 
+Alignment runs on Fourier-cropped boxes that just hold the aligned shells (the same
+coefficients on fewer voxels); particles are aligned and summed in ``workers`` forked
+processes, each particle on its own and combined in order, so the bytes do not depend on it.
+
 Volumes are (n, n, n) indexed [z, y, x], bright density; poses have the
 :func:`tomosift.discovery.align.align` sense: ``transform(particle, R, s)`` lies on the average.
 """
