@@ -78,11 +78,16 @@ def test_tomograms_become_relion_subsets(subdivided):
     assert (by_mass["mass_kda"] > 0).all() and by_mass["mass_kda"].is_monotonic_increasing
     assert by_mass["n_picks"].sum() == overall["picks"].sum()
     assert (results / "picking_by_mass.png").stat().st_size > 0
-    averages = sorted((results / "averages").glob("*.mrc"))
+    averages = sorted((results / "averages").glob("cluster_???.mrc"))
     assert len(averages) == 1
     volume, voxel = read_mrc(averages[0])
     assert volume.shape == (40, 40, 40) and voxel == pytest.approx(0.92)
     assert np.isfinite(volume).all() and volume.std() > 0
+    # with its gold-standard half-maps and their resolution
+    for half in (1, 2):
+        assert read_mrc(averages[0].with_name(f"{averages[0].stem}_half{half}.mrc"))[0].std() > 0
+    resolution = pd.read_csv(results / "averages/resolution.tsv", sep="\t")
+    assert len(resolution) == 1 and resolution["resolution_0143_nm"].iloc[0] >= 2 * 0.92
     for figure in ("cluster_sizes.png", "embedding.png", "averages.png"):
         assert (results / figure).stat().st_size > 5000
     assert (subdivided / "results/logs/subdivide/features/shard-00001.log").exists()
