@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--doses", type=float, nargs="+", default=[100, 20, 8, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes per average, when this tomosift has them (same bytes)")
     args = parser.parse_args()
     path = find_in_dirs("4v4r_30s", search_dirs())
     truth = make_density(path, DensitySettings(box_voxels=BOX, voxel_size_nm=VOXEL_NM,
@@ -87,6 +89,9 @@ def main() -> None:
         plain = low_shell_fsc(truth, volumes.mean(0))
         for seed in args.seeds:
             settings = ClassifySettings(classes=1, iterations=args.iterations, seed=seed)
+            if "workers" in inspect.signature(ClassifySettings).parameters:
+                settings = ClassifySettings(classes=1, iterations=args.iterations, seed=seed,
+                                            workers=args.workers)
             kwargs = {}
             if takes_observations:
                 from tomosift.discovery.refine import Observations
