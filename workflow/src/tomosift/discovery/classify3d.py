@@ -130,7 +130,8 @@ def write_classification(out_dir: str | os.PathLike, result: ClassificationResul
                          ids: Sequence[str], voxel_size_nm: float,
                          labels: Sequence[str] | None = None) -> dict[str, Path]:
     """Write a classification: ``class_<k>.mrc`` (k from 1), its half-maps
-    ``class_<k>_half1.mrc`` and ``class_<k>_half2.mrc`` and their FSC ``class_<k>_fsc.tsv``,
+    ``class_<k>_half1.mrc`` and ``class_<k>_half2.mrc`` and their FSC ``class_<k>_fsc.tsv``
+    (and ``.png``),
     ``members.tsv`` (with each particle's half-set), ``members.star`` (RELION conventions,
     ``rlnRandomSubset``) and ``iterations/scores.tsv`` (per iteration: mean score,
     reassignments, the alignment limit shell, class sizes, half-set resolution shells).
@@ -139,7 +140,7 @@ def write_classification(out_dir: str | os.PathLike, result: ClassificationResul
     """
     import pandas as pd
 
-    from tomosift.discovery.fsc import write_fsc_table
+    from tomosift.discovery.fsc import plot_fsc, write_fsc_table
     from tomosift.discovery.rotations import relion_pose
     from tomosift.io import (
         ANGSTROM_PER_NM,
@@ -166,6 +167,10 @@ def write_classification(out_dir: str | os.PathLike, result: ClassificationResul
             write_fsc_table(out / f"class_{c}_fsc.tsv", shells, result.fsc[c - 1], box,
                             voxel_size_nm)
             written[f"class_{c}_fsc"] = out / f"class_{c}_fsc.tsv"
+            resolution = result.resolution_nm(c - 1, voxel_size_nm)
+            plot_fsc(out / f"class_{c}_fsc.png", {"half-set 1 vs 2": (shells, result.fsc[c - 1])},
+                     box, voxel_size_nm, f"class {c}: gold-standard {resolution:.2f} nm at 0.143")
+            written[f"class_{c}_fsc_plot"] = out / f"class_{c}_fsc.png"
     rows = []
     for i, particle in enumerate(ids):
         rot, tilt, psi, origin = relion_pose(result.rotations[i], result.shifts_voxels[i])
