@@ -51,6 +51,7 @@ Volumes are (n, n, n) indexed [z, y, x], bright density; poses have the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -60,6 +61,7 @@ from tomosift.discovery.align import (
     AlignSettings,
     Prepared,
     _full_mask,
+    _half_weights,
     align_prepared,
     prepare,
     rotate_mask,
@@ -245,9 +247,13 @@ class RefineResult:
 # -- small pieces ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8)
 def _radius_grid(box: int) -> np.ndarray:
+    """(n, n, n // 2 + 1) |k| of the rfftn grid (index units), read-only."""
     k = fourier_frequencies(box)
-    return np.sqrt(np.einsum("...i,...i->...", k, k))
+    radius = np.sqrt(np.einsum("...i,...i->...", k, k))
+    radius.setflags(write=False)
+    return radius
 
 
 def low_pass(volume: np.ndarray, limit_shell: float, edge_shells: float,
@@ -361,13 +367,7 @@ class _Particle:
 
 def _n_coefficients(observed: np.ndarray, radius: float) -> float:
     """Full-grid Fourier coefficients of an rfftn-layout mask within ``radius`` (not DC)."""
-    box = observed.shape[0]
-    weights = np.full(observed.shape, 2.0)
-    weights[:, :, 0] = 1.0
-    if box % 2 == 0:
-        weights[:, :, -1] = 1.0
-    inside = (_radius_grid(box) <= radius) & (_radius_grid(box) > 0)
-    return float(np.sum(weights * observed * inside))
+    return float(np.sum(_half_weights(observed.shape[0], radius) * observed, dtype=np.float64))
 
 
 # -- refinement -----------------------------------------------------------------------------
