@@ -170,3 +170,95 @@ def test_particles_from_star_and_mrc_files(tmp_path):
     with pytest.raises(TomosiftError, match=r"voxel size 1\.2 nm differs"):
         load_particles([tmp_path / "sub_0.mrc", tmp_path / "other.mrc"])
 
+
+
+@pytest.fixture(scope="module")
+def truth_1bxn(structure_path):
+    return make_density(structure_path("1bxn"), DensitySettings(box_voxels=BOX))[0]
+
+
+def test_strict_criterion_fails_a_mixed_average_that_passes_7_nm(clean_dataset, truth_1bxn,
+                                                                  tmp_path, monkeypatch):
+    import tomosift.discovery.leave_one_out as loo
+
+    test = read_split(clean_dataset, "test")
+    target = NAMES.index("1bxn")
+    members = test.indices[test.labels == target]  # 10 test subtomograms of 1bxn
+    others = test.indices[test.labels == NAMES.index("3hhb")]
+    # cluster 0: six pure 1bxn; cluster 1: four 1bxn and four 3hhb (50/50)
+    clusters = pd.DataFrame({"index": np.concatenate([members[:6], members[6:], others[:4]]),
+                             "cluster": [0] * 6 + [1] * 8})
+    clusters["label"] = [int(test.labels[test.indices == i][0]) for i in clusters["index"]]
+    settings = loo.RecoverySettings(k=2, classes=1, iterations=2, seed=1)
+    found = {}
+    for cluster in (0, 1):
+        recovery = loo.recover_from_cluster(clean_dataset, clusters, cluster, target, truth_1bxn,
+                                            tmp_path / f"c{cluster}", settings, progress=False)
+        found[cluster] = loo.judge_strictly(recovery, clean_dataset, members, target,
+                                            truth_1bxn, tmp_path / "ref", settings,
+                                            progress=False)
+    pure, mixed = found[0], found[1]
+    assert pure.class_size == 6 and pure.class_fraction == 1.0 and pure.reference_count == 6
+    assert mixed.class_size == 8 and mixed.class_fraction == 0.5 and mixed.reference_count == 8
+    assert pure.success and pure.success_strict
+    assert pure.resolution_nm <= 1.2 * pure.reference_nm
+    # the mixed average passes the paper's 7 nm but is well short of 8 true members' average
+    assert mixed.success and mixed.resolution_nm < 7.0
+    assert mixed.resolution_nm > 1.4 * mixed.reference_nm and not mixed.success_strict
+    assert (tmp_path / "ref/n00006/reference.json").is_file()
+    assert (tmp_path / "ref/n00008/average_on_truth.mrc").is_file()
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the cached reference was computed again")
+
+    monkeypatch.setattr(loo, "classify_and_score", no_recompute)
+    again = loo.reference_average(clean_dataset, members, target, 8, truth_1bxn,
+                                  tmp_path / "ref", settings, progress=False)
+    assert again == (mixed.reference_nm, 8)
+    with pytest.raises(AssertionError, match="computed again"):  # other settings: recomputed
+        loo.reference_average(clean_dataset, members, target, 8, truth_1bxn, tmp_path / "ref",
+                              replace(settings, iterations=3), progress=False)
+
+
+def test_a_fold_network_never_saw_any_class_of_its_fold(clean_dataset, model_without_1bxn,
+                                                        tmp_path):
+    from tomosift.classify.modelfile import save_model
+    from tomosift.discovery.leave_one_out import check_never_seen
+
+    check_never_seen(model_without_1bxn, clean_dataset, ["1bxn"])
+    with pytest.raises(TomosiftError, match="was trained on 3gl1"):
+        check_never_seen(model_without_1bxn, clean_dataset, ["1bxn", "3gl1"])
+    loaded = load_model(model_without_1bxn)
+    header = {k: v for k, v in loaded.items() if k not in ("tensors", "state_dict")}
+    forged = tmp_path / "forged.pt"
+    save_model(forged, {**header, "trained_on": {**header["trained_on"], "n_train": 40}},
+               loaded["tensors"])
+    with pytest.raises(TomosiftError, match="training particles"):
+        check_never_seen(forged, clean_dataset, ["1bxn"])
+    save_model(forged, {**header, "settings": {**header["settings"], "exclude_classes": []}},
+               loaded["tensors"])
+    with pytest.raises(TomosiftError, match="does not exclude 1bxn"):
+        check_never_seen(forged, clean_dataset, ["1bxn"])
+
+
+def test_success_counts_by_criterion():
+    from tomosift.discovery.leave_one_out import success_counts
+
+    table = pd.DataFrame({
+        "class": ["a", "b", "c", "a", "b", "c"], "fold": [1, 1, 2, 1, 1, 2],
+        "features": ["dsrf3d"] * 3 + ["rif"] * 3, "model": ["dsrf3d"] * 3 + ["rif"] * 3,
+        "success": [True, True, False, True, False, False],
+        "success_strict": [True, False, False, False, False, False],
+        "novel_success": [True, False, False, False, False, False],
+        "novel_success_strict": [False, False, False, False, False, False],
+        "oracle_novelty_rank": [1, 4, 2, 1, 1, 9], "novel_top_clusters": [3] * 6})
+    paper = success_counts(table).set_index("features")
+    assert paper.loc["dsrf3d", "successes"] == 2 and paper.loc["dsrf3d", "successes_strict"] == 1
+    assert paper.loc["dsrf3d", "successes_without_oracle"] == 1
+    assert paper.loc["dsrf3d", "folds"] == 2 and paper.loc["dsrf3d", "paper_successes_of_22"] == 18
+    strict = success_counts(table, "strict").set_index("features")
+    assert strict.loc["dsrf3d", "successes"] == 1 and strict.loc["dsrf3d", "successes_paper"] == 2
+    assert strict.loc["dsrf3d", "successes_without_oracle"] == 0
+    assert strict.loc["rif", "successes"] == 0 and strict.loc["rif", "criterion"] == "strict"
+    with pytest.raises(TomosiftError, match="criterion"):
+        success_counts(table, "lenient")

@@ -61,3 +61,21 @@ def test_parameter_counts_and_bad_arguments():
         build_model("alexnet", 3)
     with pytest.raises(TomosiftError, match="at least 2 classes"):
         build_model("dsrf3d", 1)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_embedding_head_gives_unit_vectors_and_leaves_the_rest_alone(architecture):
+    torch.manual_seed(0)
+    plain = build_model(architecture, 3, 16).eval()
+    torch.manual_seed(0)
+    model = build_model(architecture, 3, 16, embedding_dim=5).eval()
+    volumes = torch.randn(4, 1, 16, 16, 16)
+    with torch.no_grad():
+        embedding = model.embedding(volumes)
+        torch.testing.assert_close(model(volumes), plain(volumes), rtol=0, atol=0)
+    assert embedding.shape == (4, 5)
+    torch.testing.assert_close(embedding.norm(dim=1), torch.ones(4))
+    extra = set(model.state_dict()) - set(plain.state_dict())
+    assert extra == {"embedding_head.weight", "embedding_head.bias"}
+    with pytest.raises(TomosiftError, match="no embedding head"):
+        plain.embedding(volumes)

@@ -195,10 +195,16 @@ def test_a_checkpoint_resumes_only_on_the_same_data(easy_dataset, tmp_path, stru
     data.write_bytes(easy_dataset.read_bytes())
     settings = replace(FAST, epochs=2)
     train_cnn(data, settings, tmp_path / "m.pt", progress=False, stop_after_epochs=1)
-    # other threads (and device) are not other training: it resumes after epoch 1
-    resumed = train_cnn(data, replace(settings, threads=1), tmp_path / "m.pt", progress=False,
-                        stop_after_epochs=1)
+    # other threads (and device) are not other training: it resumes after epoch 1 (unless
+    # the training is deterministic, whose weights depend on the thread count)
+    train_cnn(data, replace(settings, deterministic=False), tmp_path / "m.pt", progress=False,
+              stop_after_epochs=1)
+    resumed = train_cnn(data, replace(settings, threads=1, deterministic=False),
+                        tmp_path / "m.pt", progress=False, stop_after_epochs=1)
     assert [r.epoch for r in resumed] == [1, 2]
+    restarted = train_cnn(data, replace(settings, threads=1), tmp_path / "m.pt",
+                          progress=False, stop_after_epochs=1)
+    assert [r.epoch for r in restarted] == [1]  # deterministic: a 2-thread checkpoint is stale
     train_cnn(data, settings, tmp_path / "n.pt", progress=False, stop_after_epochs=1)
     _resimulate(data, seed=8)  # same path, same size, other particles
     history = train_cnn(data, settings, tmp_path / "n.pt", progress=False)
@@ -271,3 +277,129 @@ def test_training_writes_a_progress_line_per_epoch(easy_dataset, tmp_path, capsy
     epochs = [line for line in lines if line.startswith("dsrf3d epoch ") and "loss" in line]
     assert len(epochs) == 2
     assert "subtomo/s" in epochs[0] and "left" in epochs[0] and "2/2" in epochs[1]
+
+
+# -- issue 19: determinism, the volume cache, the embedding head, excluded classes ----------
+
+
+def _same_weights(a, b) -> bool:
+    a, b = load_model(a)["state_dict"], load_model(b)["state_dict"]
+    return set(a) == set(b) and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_deterministic_training_gives_identical_weights(easy_dataset, tmp_path):
+    # bfloat16 autocast on a CPU that has it (else float32), channels-last, dropout, augment
+    settings = replace(FAST, epochs=2, precision="auto", dropout=0.3, augment=True,
+                       input_binning=2)
+    torch.manual_seed(123)  # the caller's global generator neither matters nor changes
+    before = torch.get_rng_state()
+    train_cnn(easy_dataset, settings, tmp_path / "a.pt", progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(5)  # another global state
+    train_cnn(easy_dataset, settings, tmp_path / "b.pt", progress=False)
+    assert _same_weights(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert not torch.are_deterministic_algorithms_enabled()  # restored afterwards
+
+
+def test_the_model_header_records_determinism(easy_dataset, tmp_path):
+    train_cnn(easy_dataset, replace(FAST, epochs=1), tmp_path / "m.pt", progress=False)
+    header = load_model(tmp_path / "m.pt")
+    assert header["settings"]["deterministic"] is True
+    assert header["reproducibility"]["deterministic"] is True
+    assert header["reproducibility"]["threads"] == 2
+    assert header["reproducibility"]["device"] == "cpu"
+    assert header["embedding_dim"] is None
+    assert main(["train", "--data", str(easy_dataset), "--model", "dsrf3d", "--epochs", "1",
+                 "--batch-size", "8", "--out", str(tmp_path / "n.pt"), "--device", "cpu",
+                 "--threads", "1", "--no-deterministic", "--no-cache-volumes"]) == 0
+    settings = load_model(tmp_path / "n.pt")["settings"]
+    assert settings["deterministic"] is False and settings["cache_volumes"] is False
+
+
+def test_the_volume_cache_gives_the_same_training(easy_dataset, tmp_path):
+    from tomosift.classify.inputs import cache_dtype, cache_volumes, read_volumes
+    from tomosift.datasets import open_dataset
+
+    settings = replace(FAST, epochs=2, input_binning=2)
+    train_cnn(easy_dataset, settings, tmp_path / "cached.pt", progress=False)
+    train_cnn(easy_dataset, replace(settings, cache_volumes=False), tmp_path / "streamed.pt",
+              progress=False)
+    assert _same_weights(tmp_path / "cached.pt", tmp_path / "streamed.pt")
+    indices = read_split(easy_dataset, "train").indices[::-1]
+    with open_dataset(easy_dataset) as h5:
+        cache = cache_volumes(h5, indices, "per_subtomogram", 2, chunk=5)
+        np.testing.assert_array_equal(cache[3:9], read_volumes(h5, indices[3:9],
+                                                               "per_subtomogram", 2))
+    assert cache.dtype == np.float32
+    assert cache_dtype(8388, 40, "per_subtomogram") == np.float32  # 2 GiB
+    assert cache_dtype(8389, 40, "per_subtomogram") == np.float16
+    assert cache_dtype(8389, 40, "none") is None
+
+
+def test_an_embedding_head_trains_and_gives_unit_features(easy_dataset, tmp_path, capsys):
+    from tomosift.classify.predict import restore_cnn
+    from tomosift.discovery.features import read_features
+
+    model = tmp_path / "e.pt"
+    assert main(["train", "--data", str(easy_dataset), "--model", "dsrf3d", "--epochs", "2",
+                 "--batch-size", "8", "--out", str(model), "--device", "cpu", "--threads", "2",
+                 "--embedding-dim", "8", "--precision", "float32"]) == 0
+    header = load_model(model)
+    assert header["embedding_dim"] == 8 and header["settings"]["embedding_dim"] == 8
+    assert all(r["embedding_loss"] > 0 for r in header["history"])
+    assert restore_cnn(header).embedding_head.out_features == 8
+    features = tmp_path / "f.h5"
+    assert main(["features", "--data", str(easy_dataset), "--model", str(model), "--out",
+                 str(features), "--layer", "embedding", "--device", "cpu"]) == 0
+    values = read_features(features).features
+    assert values.shape == (32, 8)
+    np.testing.assert_allclose(np.linalg.norm(values, axis=1), 1.0, atol=1e-5)
+
+
+def test_embedding_features_of_a_model_without_the_head_fail_in_one_line(easy_dataset,
+                                                                        tmp_path, capsys):
+    train_cnn(easy_dataset, replace(FAST, epochs=1), tmp_path / "plain.pt", progress=False)
+    capsys.readouterr()
+    assert main(["features", "--data", str(easy_dataset), "--model", str(tmp_path / "plain.pt"),
+                 "--out", str(tmp_path / "f.h5"), "--layer", "embedding"]) != 0
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and str(tmp_path / "plain.pt") in error
+    assert "no embedding head (train it with --embedding-dim)" in error
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_method_settings_pass_the_new_keys_through():
+    from tomosift.recipe import method_settings
+
+    classification = {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "lr_decay": 1e-6,
+                      "momentum": 0.9, "normalise": "per_subtomogram", "deterministic": False,
+                      "models": {"dsrf3d-e": {"architecture": "dsrf3d", "embedding_dim": 16,
+                                              "embedding_temperature": 0.2}}}
+    resolved = method_settings(classification, "dsrf3d-e")
+    assert resolved["embedding_dim"] == 16 and resolved["embedding_temperature"] == 0.2
+    assert resolved["embedding_weight"] == 1.0 and resolved["deterministic"] is False
+    assert resolved["cache_volumes"] is True
+    assert method_settings(classification, "dsrf3d")["embedding_dim"] is None
+
+
+def test_two_excluded_classes_both_vanish(tmp_path, structure_path):
+    from tomosift.simulate.tomography import SimulationSettings
+
+    box, names = 24, ("3hhb", "1bxn", "1s3x", "2cg9")
+    grid = DensitySettings(box_voxels=box)
+    maps = [make_density(structure_path(name), grid)[0] for name in names]
+    plan = DatasetPlan(names, per_class=4, snr=1000.0, empty_class=False,
+                       max_shift_voxels=1.0)
+    data = tmp_path / "four.h5"
+    simulate_shard(maps, plan, SimulationSettings(box_voxels=box), 0, plan.n_particles, data,
+                   progress=False)
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(data), "--model", "dsrf3d", "--epochs", "1",
+                 "--batch-size", "8", "--out", str(model), "--device", "cpu", "--threads", "2",
+                 "--exclude-class", "1bxn", "--exclude-class", "2cg9"]) == 0
+    header = load_model(model)
+    assert header["class_names"] == ["3hhb", "1s3x"]
+    assert header["settings"]["exclude_classes"] == ["1bxn", "2cg9"]
+    kept = read_split(data, "train", ("1bxn", "2cg9"))
+    assert header["trained_on"]["n_train"] == len(kept.indices) < len(read_split(data).indices)
+    assert header["state_dict"]["classifier.weight"].shape[0] == 2

@@ -106,19 +106,29 @@ def test_outputs_of_a_run(finished_run):
 def test_leave_one_out_outputs(finished_run):
     results = finished_run / "results/leave_one_out"
     summary = pd.read_csv(results / "summary.tsv", sep="\t")
-    assert list(summary.columns[:10]) == ["class", "features", "model", "cluster_size",
+    assert list(summary.columns[:14]) == ["class", "fold", "features", "model", "cluster_size",
                                           "fraction_in_cluster", "fraction_in_class",
-                                          "resolution_nm", "success", "average", "truth"]
+                                          "resolution_nm", "success", "resolution_0143_nm",
+                                          "reference_nm", "success_strict", "average", "truth"]
     assert list(summary["features"]) == ["dsrf3d-bin2", "rif", "posenorm"]
-    assert set(summary["class"]) == {"prx"}
+    assert set(summary["class"]) == {"prx"} and set(summary["fold"]) == {1}
     assert summary["fraction_in_cluster"].between(0, 1).all()
-    assert (summary["resolution_nm"] > 0).all()
-    model = load_model(results / "models/dsrf3d-bin2/without_prx.pt")
+    assert (summary["resolution_nm"] > 0).all() and (summary["reference_nm"] > 0).all()
+    assert (summary["resolution_0143_nm"] > 0).all()
+    assert "novel_success_strict" in summary.columns
+    folds = pd.read_csv(results / "folds.tsv", sep="\t")
+    assert list(folds.columns) == ["class", "fold", "mass_kda"] and list(folds["class"]) == ["prx"]
+    model = load_model(results / "models/dsrf3d-bin2/fold_1.pt")
     assert "prx" not in model["class_names"] and len(model["class_names"]) == 3
+    assert model["settings"]["exclude_classes"] == ["prx"]
     for row in summary.itertuples():
         assert Path(finished_run / row.average).exists()
+    assert list((results / "references/prx").glob("n*/reference.json"))
     successes = pd.read_csv(results / "successes.tsv", sep="\t")
     assert list(successes["classes"]) == [1, 1, 1]
+    assert {"successes", "successes_paper", "successes_strict", "successes_without_oracle",
+            "successes_without_oracle_strict"} <= set(successes.columns)
+    assert (successes["successes"] == successes["successes_paper"]).all()  # criterion: paper
     for figure in ("fig4_recovered.png", "figS1_cluster_sizes.png", "fig2_embedding.png"):
         assert (results / "figures" / figure).stat().st_size > 5000
     assert "Table S2" in (results / "table_s2.html").read_text()
@@ -226,6 +236,45 @@ def test_the_realistic_mode_end_to_end(tmp_path):
     html = (results / "table1.html").read_text()
     assert "dose 60 e/Å²" in html and "detector-noise model" in html
     assert (results / "figures/snr_tilt_grid_3hhb.png").stat().st_size > 5000
+
+
+FOLDS = """
+structures: [3hhb, 1bxn, 3gl1, 1qvr, 1s3x, 1u6g]
+simulation:
+  snr: [0.5]
+  tilt_max_deg: [60]
+  per_class: 6
+  shard_size: 9
+classification:
+  methods: [dsrf3d-bin2, inception3d-bin2]
+  models:
+    dsrf3d-bin2: {architecture: dsrf3d, input_binning: 2}
+    inception3d-bin2: {architecture: inception3d, input_binning: 2}
+leave_one_out:
+  enabled: true
+  noise_level: 0.5
+  folds: 4
+  features: [cnn, hidden, rif]
+  models: [dsrf3d-bin2, inception3d-bin2]
+"""
+
+
+def test_folds_plan_k_trainings_per_cnn_method(tmp_path):
+    (tmp_path / "config.yaml").write_text(FOLDS)
+    planned = planned_jobs(snakemake(tmp_path, "-n", "loo_summary"))
+    # 4 folds x 2 methods, whatever the 6 classes' masses turn out to be; one feature file per
+    # (method, layer) of fold 1 before the checkpoint tells the other classes' folds
+    assert planned["loo_train"] == 8 and planned["loo_folds"] == 1
+    assert planned["loo_recover"] == 6 * 5  # 6 classes x (2 methods x 2 layers + rif)
+    paper = tmp_path / "config.yaml"
+    paper.write_text(FOLDS.replace("folds: 4", "folds: null"))
+    assert planned_jobs(snakemake(tmp_path, "-n", "loo_summary"))["loo_train"] == 12
+    paper.write_text(FOLDS.replace("folds: 4", "folds: 7"))
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert [line for line in (result.stdout + result.stderr).splitlines()
+            if "leave_one_out folds 7 is more than the 6 left-out classes" in line
+            and "config.yaml" in line]
 
 
 def test_bad_structure_stops_with_one_line(tmp_path):

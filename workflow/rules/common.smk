@@ -185,9 +185,28 @@ def metric_files(wildcards=None):
 LOO = config["leave_one_out"]
 LOO_DIR = "results/leave_one_out"
 LOO_CLASSES = LOO["classes"] or NAMES
-LOO_MODELS = LOO["models"] if "cnn" in LOO["features"] else []
-LOO_FREE = [source for source in LOO["features"] if source != "cnn"]
-LOO_FEATURES = [*LOO_MODELS, *LOO_FREE]
+# CNN feature sources -> the layer they read; one network per fold serves them all.
+LOO_LAYER_OF = {"cnn": LOO["layer"], "logits": "logits", "hidden": "hidden",
+                "embedding": "embedding"}
+LOO_LAYERS = list(dict.fromkeys(LOO_LAYER_OF[s] for s in LOO["features"] if s in LOO_LAYER_OF))
+LOO_MODELS = LOO["models"] if LOO_LAYERS else []
+LOO_FREE = [source for source in LOO["features"] if source not in LOO_LAYER_OF]
+
+
+def loo_feature_name(method, layer):
+    """A CNN feature source's name in the outputs: the method for logits, else method-layer."""
+    return method if layer == "logits" else f"{method}-{layer}"
+
+
+# feature name -> (method, layer), for the CNN sources
+LOO_CNN = {
+    loo_feature_name(method, layer): (method, layer)
+    for method in LOO_MODELS
+    for layer in LOO_LAYERS
+}
+LOO_FEATURES = [*LOO_CNN, *LOO_FREE]
+# Held-out folds: null = the paper's protocol, one network per left-out class.
+LOO_FOLDS = LOO["folds"] or len(LOO_CLASSES)
 
 
 def _check_leave_one_out():
@@ -200,6 +219,14 @@ def _check_leave_one_out():
     unknown = [name for name in LOO_CLASSES if name not in SPEC_BY_NAME]
     if unknown:
         raise WorkflowError(f"{CONFIG_SOURCE}: leave_one_out classes: unknown {', '.join(unknown)}")
+    if LOO_FOLDS > len(LOO_CLASSES):
+        raise WorkflowError(
+            f"{CONFIG_SOURCE}: leave_one_out folds {LOO_FOLDS} is more than the "
+            f"{len(LOO_CLASSES)} left-out classes"
+        )
+    if len(LOO_FEATURES) != len(set(LOO_FEATURES)):
+        raise WorkflowError(f"{CONFIG_SOURCE}: leave_one_out: feature sources named twice "
+                            f"({', '.join(LOO_FEATURES)})")
     try:
         for model in LOO_MODELS:
             method_settings(CLASSIFY, model)
@@ -211,9 +238,23 @@ def _check_leave_one_out():
 LOO_DATASET = _check_leave_one_out() if LOO["enabled"] else None
 
 
+def loo_fold_models(wildcards=None):
+    """Every fold's network of every CNN method (planned at parse time, K per method)."""
+    return expand(
+        f"{LOO_DIR}/models/{{method}}/fold_{{fold}}.pt",
+        method=LOO_MODELS,
+        fold=range(1, LOO_FOLDS + 1),
+    )
+
+
 def loo_train_params(wildcards):
-    """The method's resolved settings, with the left-out class excluded from training."""
-    return {**method_settings(CLASSIFY, wildcards.method), "exclude_classes": [wildcards.name]}
+    """The method's resolved settings; the fold's classes are excluded at run time (read from
+    folds.tsv). With embedding features, an embedding head of leave_one_out.embedding_dim
+    unless the model variant sets its own."""
+    settings = method_settings(CLASSIFY, wildcards.method)
+    if "embedding" in LOO_LAYERS and settings.get("embedding_dim") is None:
+        settings["embedding_dim"] = LOO["embedding_dim"]
+    return settings
 
 
 def loo_gpus(wildcards=None):
@@ -224,20 +265,45 @@ def loo_training_runtime_min(wildcards):
     return training_runtime_min(Namespace(dataset=LOO_DATASET, method=wildcards.method))
 
 
+def loo_cnn_model(wildcards):
+    method, _ = LOO_CNN[wildcards.features]
+    return f"{LOO_DIR}/models/{method}/fold_{wildcards.fold}.pt"
+
+
+def loo_cnn_layer(wildcards):
+    return LOO_CNN[wildcards.features][1]
+
+
+def loo_fold(wildcards):
+    """The fold of a left-out class, from the checkpoint loo_folds's table (data-dependent:
+    the folds are balanced by mass, which the density rules measure)."""
+    from tomosift.discovery.folds import fold_of
+
+    return fold_of(checkpoints.loo_folds.get().output[0], wildcards.name)
+
+
 def loo_features_file(wildcards):
     if wildcards.features in LOO_FREE:
         return f"{LOO_DIR}/features/{wildcards.features}.h5"
-    return f"{LOO_DIR}/features/{wildcards.features}/without_{wildcards.name}.h5"
+    return f"{LOO_DIR}/features/{wildcards.features}/fold_{loo_fold(wildcards)}.h5"
 
 
 def loo_clusters_file(wildcards):
     if wildcards.features in LOO_FREE:
         return f"{LOO_DIR}/clusters/{wildcards.features}.tsv"
-    return f"{LOO_DIR}/clusters/{wildcards.features}/without_{wildcards.name}.tsv"
+    return f"{LOO_DIR}/clusters/{wildcards.features}/fold_{loo_fold(wildcards)}.tsv"
+
+
+def loo_recover_model(wildcards):
+    """The fold's network behind CNN features (checked: it never saw the fold's classes)."""
+    if wildcards.features in LOO_FREE:
+        return []
+    method, _ = LOO_CNN[wildcards.features]
+    return f"{LOO_DIR}/models/{method}/fold_{loo_fold(wildcards)}.pt"
 
 
 def loo_recovery_params(wildcards=None):
-    keys = ("k", "iterations", "success_nm", "max_members", "novelty_top")
+    keys = ("k", "iterations", "success_nm", "max_members", "novelty_top", "strict_factor")
     return {key: LOO[key] for key in keys} | {
         "classes": LOO["classes3d"],
         "seed": config["seed"],
@@ -253,12 +319,16 @@ def loo_rows(wildcards=None):
 
 
 def loo_view_inputs(wildcards=None):
-    """Feature and cluster files of the first left-out class, one per source (Figs. 2, S1)."""
-    first = Namespace(name=LOO_CLASSES[0])
-    return {
-        "features": [loo_features_file(Namespace(**vars(first), features=f)) for f in LOO_FEATURES],
-        "clusters": [loo_clusters_file(Namespace(**vars(first), features=f)) for f in LOO_FEATURES],
-    }
+    """Feature and cluster files of the first fold, one per source (Figs. 2, S1)."""
+
+    def first_fold(kind, suffix):
+        return [
+            f"{LOO_DIR}/{kind}/{f}.{suffix}" if f in LOO_FREE
+            else f"{LOO_DIR}/{kind}/{f}/fold_1.{suffix}"
+            for f in LOO_FEATURES
+        ]
+
+    return {"features": first_fold("features", "h5"), "clusters": first_fold("clusters", "tsv")}
 
 
 def loo_targets():

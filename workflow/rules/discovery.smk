@@ -1,24 +1,48 @@
-# Stage 4: discovery. The leave-one-out experiment (paper Section 3.3): train without a class,
-# cluster the test split's features, classify and average the most enriched cluster, FSC
-# against the true density. RIF and pose-normalised features need no training.
+# Stage 4: discovery. The leave-one-out experiment (paper Section 3.3): train without a class
+# (or, with leave_one_out.folds, without a fold of classes), cluster the test split's features,
+# classify and average the most enriched cluster, FSC against the true density. RIF and
+# pose-normalised features need no training.
+#
+# The folds are balanced by mass, which only the density rules measure: the checkpoint
+# loo_folds writes folds.tsv, each training reads its fold's classes from it at run time, and
+# each recovery finds its class's fold in it. The K trainings per CNN method are planned at
+# parse time (models/{method}/fold_{f}.pt, f = 1..K), all required by loo_summary.
 
 
 wildcard_constraints:
     source="rif|posenorm",
     features="|".join(re.escape(f) for f in LOO_FEATURES) or "none",
+    fold=r"[1-9][0-9]*",
+
+
+checkpoint loo_folds:
+    input:
+        expand("results/densities/{name}.json", name=LOO_CLASSES),
+    output:
+        f"{LOO_DIR}/folds.tsv",
+    log:
+        f"{LOGS}/leave_one_out/folds.log",
+    params:
+        classes=LOO_CLASSES,
+        folds=LOO["folds"],
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/leave_one_out_folds.py"
 
 
 rule loo_train:
     input:
         data=f"results/datasets/{LOO_DATASET}.h5",
+        folds=f"{LOO_DIR}/folds.tsv",
     output:
-        f"{LOO_DIR}/models/{{method}}/without_{{name}}.pt",
+        f"{LOO_DIR}/models/{{method}}/fold_{{fold}}.pt",
     log:
-        f"{LOGS}/leave_one_out/train/{{method}}/without_{{name}}.log",
+        f"{LOGS}/leave_one_out/train/{{method}}/fold_{{fold}}.log",
     params:
         settings=loo_train_params,
         seed=config["seed"],
-        checkpoint=f"results/checkpoints/leave_one_out/{{method}}/without_{{name}}.ckpt",
+        checkpoint=f"results/checkpoints/leave_one_out/{{method}}/fold_{{fold}}.ckpt",
     threads: CLASSIFY["threads"]
     resources:
         gpu=loo_gpus,
@@ -26,7 +50,7 @@ rule loo_train:
         mem_mb=8000,
         runtime=loo_training_runtime_min,
     benchmark:
-        f"results/benchmarks/leave_one_out/train/{{method}}/without_{{name}}.tsv"
+        f"results/benchmarks/leave_one_out/train/{{method}}/fold_{{fold}}.tsv"
     conda:
         "../../envs/tomosift.yaml"
     script:
@@ -35,15 +59,15 @@ rule loo_train:
 
 rule loo_cnn_features:
     input:
-        model=f"{LOO_DIR}/models/{{method}}/without_{{name}}.pt",
+        model=loo_cnn_model,
         data=f"results/datasets/{LOO_DATASET}.h5",
     output:
-        f"{LOO_DIR}/features/{{method}}/without_{{name}}.h5",
+        f"{LOO_DIR}/features/{{features}}/fold_{{fold}}.h5",
     log:
-        f"{LOGS}/leave_one_out/features/{{method}}/without_{{name}}.log",
+        f"{LOGS}/leave_one_out/features/{{features}}/fold_{{fold}}.log",
     params:
         source="cnn",
-        layer=LOO["layer"],
+        layer=loo_cnn_layer,
     threads: CLASSIFY["threads"]
     resources:
         gpu=loo_gpus,
@@ -80,11 +104,11 @@ rule loo_free_features:
 
 rule loo_cnn_clusters:
     input:
-        f"{LOO_DIR}/features/{{method}}/without_{{name}}.h5",
+        f"{LOO_DIR}/features/{{features}}/fold_{{fold}}.h5",
     output:
-        f"{LOO_DIR}/clusters/{{method}}/without_{{name}}.tsv",
+        f"{LOO_DIR}/clusters/{{features}}/fold_{{fold}}.tsv",
     log:
-        f"{LOGS}/leave_one_out/clusters/{{method}}/without_{{name}}.log",
+        f"{LOGS}/leave_one_out/clusters/{{features}}/fold_{{fold}}.log",
     params:
         k=LOO["k"],
         seed=config["seed"],
@@ -117,6 +141,8 @@ rule loo_recover:
         data=f"results/datasets/{LOO_DATASET}.h5",
         features=loo_features_file,
         clusters=loo_clusters_file,
+        model=loo_recover_model,
+        folds=f"{LOO_DIR}/folds.tsv",
         truth="results/densities/{name}.mrc",
     output:
         row=f"{LOO_DIR}/recovered/{{features}}/{{name}}/row.json",
@@ -133,6 +159,7 @@ rule loo_recover:
     params:
         settings=loo_recovery_params,
         out_dir=f"{LOO_DIR}/recovered/{{features}}/{{name}}",
+        reference_dir=f"{LOO_DIR}/references/{{name}}",
     threads: LOO["threads"]
     resources:
         mem_mb=4000,
@@ -149,6 +176,8 @@ rule loo_summary:
     input:
         unpack(loo_view_inputs),
         rows=loo_rows(),
+        models=loo_fold_models(),
+        folds=f"{LOO_DIR}/folds.tsv",
     output:
         summary=report(
             f"{LOO_DIR}/summary.tsv",
@@ -190,7 +219,7 @@ rule loo_summary:
         f"{LOGS}/leave_one_out/summary.log",
     params:
         feature_names=LOO_FEATURES,
-        held_out=LOO_CLASSES[0],
+        criterion=LOO["criterion"],
         embedding_points=LOO["embedding_points"],
         seed=config["seed"],
     conda:

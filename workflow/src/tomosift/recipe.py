@@ -13,7 +13,9 @@ METHODS = (*ARCHITECTURES, "rif-svm")
 PRECISIONS = ("auto", "float32", "bfloat16")
 NORMALISATIONS = ("per_subtomogram", "none")
 # Settings that do not change what a training learns: left out of a job's parameters and of a
-# checkpoint's identity.
+# checkpoint's identity. (They do change the last bits of the weights: the thread count splits
+# the floating-point sums differently. A deterministic training therefore resumes only a
+# checkpoint of the same thread count and device; see tomosift.classify.train.)
 RUNTIME_SETTINGS = ("threads", "device")
 
 
@@ -28,6 +30,21 @@ class TrainingSettings:
 
     ``exclude_classes``: classes whose particles are left out of training (the leave-one-out
     experiment); the network then has one output per remaining class.
+
+    ``deterministic`` (default on): the same settings, data, thread count and device give
+    bit-identical weights; PyTorch's deterministic algorithms are enforced and a checkpoint
+    resumes only on the thread count and device it was written with (see
+    :func:`tomosift.classify.devices.deterministic_algorithms`).
+
+    ``cache_volumes`` (default on): the train split is read, binned and normalised once and
+    held in memory (float32, or float16 above 2 GiB; see
+    :func:`tomosift.classify.inputs.cache_volumes`) instead of being read every epoch.
+
+    ``embedding_dim`` (default None = no embedding head): a second head, a linear map of the
+    last hidden layer to a unit vector of this many dimensions, trained jointly with the
+    classifier by the supervised contrastive loss (:mod:`tomosift.classify.metric`) with
+    weight ``embedding_weight`` and temperature ``embedding_temperature``; its output is a
+    feature layer of the discovery stage.
     """
 
     architecture: str = "inception3d"
@@ -46,6 +63,11 @@ class TrainingSettings:
     clip_grad_norm: float | None = 1.0
     input_binning: int = 1
     exclude_classes: tuple[str, ...] = ()
+    deterministic: bool = True
+    cache_volumes: bool = True
+    embedding_dim: int | None = None
+    embedding_weight: float = 1.0
+    embedding_temperature: float = 0.1
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -58,6 +80,10 @@ class TrainingSettings:
             raise TomosiftError(f"input_binning must be >= 1, got {self.input_binning}")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise TomosiftError("epochs and batch_size must be >= 1 and the learning rate > 0")
+        if self.embedding_dim is not None and self.embedding_dim < 1:
+            raise TomosiftError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if self.embedding_weight < 0 or self.embedding_temperature <= 0:
+            raise TomosiftError("embedding_weight must be >= 0 and embedding_temperature > 0")
 
 
 def method_architecture(method: str, models: Mapping[str, Mapping] | None = None) -> str:
@@ -102,6 +128,11 @@ def method_settings(classification: dict, method: str) -> dict:
         normalise=classification["normalise"],
         precision=classification.get("precision", "auto"),
         clip_grad_norm=classification.get("clip_grad_norm", 1.0),
+        deterministic=classification.get("deterministic", True),
+        cache_volumes=classification.get("cache_volumes", True),
+        embedding_dim=classification.get("embedding_dim"),
+        embedding_weight=classification.get("embedding_weight", 1.0),
+        embedding_temperature=classification.get("embedding_temperature", 0.1),
     )
     resolved = asdict(replace(base, **per_model))
     return {k: v for k, v in resolved.items() if k not in ("seed", *RUNTIME_SETTINGS)}

@@ -18,6 +18,12 @@ ReLU follows every hidden layer. The softmax is not part of the models: ``forwar
 linear (pre-softmax) outputs, which are the *structural features* of the discovery stage
 (paper Eq. 3); ``hidden_features`` returns the input of the last linear layer. Any cubic box
 works: layer sizes are computed from ``box_voxels``.
+
+Embedding head (tomosift's addition, ``build_model(..., embedding_dim=D)``): a linear map of
+the last hidden layer to D dimensions, L2-normalised (:meth:`_Classifier.embedding`), trained
+with the supervised contrastive loss (:mod:`tomosift.classify.metric`). Its weights are the
+``embedding_head.*`` tensors of the state dict; a model without the head keeps the same
+tensors, initialisation and outputs as before.
 """
 
 from __future__ import annotations
@@ -38,12 +44,52 @@ class _SamePoolStride1(nn.Module):
         return F.max_pool3d(F.pad(x, (0, 1, 0, 1, 0, 1), mode="replicate"), 2, stride=1)
 
 
+class _Classifier(nn.Module):
+    """What the three models share: ``forward`` = ``head(hidden_features(x))`` and the
+    optional embedding head."""
+
+    classifier: nn.Linear
+    embedding_head: nn.Linear | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding_head = None
+
+    def hidden_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, n, n, n) -> (B, H): the input of the last linear layer."""
+        raise NotImplementedError
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, H) hidden features -> (B, n_classes) linear scores."""
+        return self.classifier(hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden_features(x))
+
+    def add_embedding_head(self, dim: int) -> None:
+        """Add a Linear(H -> ``dim``) head on the hidden features (Glorot-uniform weights)."""
+        self.embedding_head = nn.Linear(self.classifier.in_features, dim)
+        nn.init.xavier_uniform_(self.embedding_head.weight)
+        nn.init.zeros_(self.embedding_head.bias)
+
+    def embed_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, H) hidden features -> (B, D) unit-length float32 embeddings."""
+        if self.embedding_head is None:
+            raise TomosiftError("this model has no embedding head (train it with "
+                                "--embedding-dim)")
+        return F.normalize(self.embedding_head(hidden).float(), dim=1)
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, n, n, n) -> (B, D) unit-length embeddings."""
+        return self.embed_hidden(self.hidden_features(x))
+
+
 def _conv_relu(in_channels: int, out_channels: int, size: int, padding: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_channels, out_channels, size, padding=padding),
                          nn.ReLU(inplace=True))
 
 
-class Inception3D(nn.Module):
+class Inception3D(_Classifier):
     """Paper Fig. 1a. Input (B, 1, n, n, n); output (B, n_classes) linear scores."""
 
     def __init__(self, n_classes: int, box_voxels: int = 40, dropout: float = 0.3):
@@ -66,11 +112,11 @@ class Inception3D(nn.Module):
                        self.branch_pool(x)], dim=1)
         return torch.flatten(self.pool(x), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.hidden_features(x)))
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(hidden))
 
 
-class DSRF3D(nn.Module):
+class DSRF3D(_Classifier):
     """Paper Fig. 1b. Input (B, 1, n, n, n); output (B, n_classes) linear scores."""
 
     def __init__(self, n_classes: int, box_voxels: int = 40, dropout: float = 0.0):
@@ -90,9 +136,6 @@ class DSRF3D(nn.Module):
 
     def hidden_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.fully_connected(torch.flatten(self.convolutions(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.hidden_features(x))
 
 
 class _ResidualBlock(nn.Module):
@@ -115,7 +158,7 @@ class _ResidualBlock(nn.Module):
         return F.relu(self.body(x) + self.shortcut(x), inplace=True)
 
 
-class ResNet3D(nn.Module):
+class ResNet3D(_Classifier):
     """A small 3D residual network (tomosift's third model). Output (B, n_classes).
 
     Stem 3³ convolution at full resolution, then three residual stages that halve the box
@@ -142,15 +185,17 @@ class ResNet3D(nn.Module):
     def hidden_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool3d(self.stages(self.stem(x)), 1), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.hidden_features(x)))
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(hidden))
 
 
 def build_model(architecture: str, n_classes: int, box_voxels: int = 40,
-                dropout: float | None = None) -> nn.Module:
+                dropout: float | None = None, embedding_dim: int | None = None) -> _Classifier:
     """A freshly initialised model by name (``inception3d``, ``dsrf3d``, ``resnet3d``).
 
     ``dropout=None`` takes each model's default (Inception3D 0.3, DSRF3D 0, ResNet3D 0.2).
+    ``embedding_dim``: add an embedding head of this many dimensions (initialised after the
+    rest, so the other weights are those of the model without it).
     """
     if n_classes < 2:
         raise TomosiftError(f"a classifier needs at least 2 classes, got {n_classes}")
@@ -161,6 +206,10 @@ def build_model(architecture: str, n_classes: int, box_voxels: int = 40,
     model = classes[architecture](n_classes, box_voxels, **kwargs)
     if architecture in ("inception3d", "dsrf3d"):
         model.apply(_keras_initialisation)
+    if embedding_dim is not None:
+        if embedding_dim < 1:
+            raise TomosiftError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        model.add_embedding_head(embedding_dim)
     return model
 
 

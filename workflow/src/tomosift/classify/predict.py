@@ -2,7 +2,8 @@
 
 The linear (pre-softmax) outputs of a CNN are the structural features of the discovery stage
 (paper Eq. 3): :func:`predict` with ``layer="logits"``; ``layer="hidden"`` gives the last
-hidden layer. For the RIF-SVM the scores are its decision values.
+hidden layer and ``layer="embedding"`` the unit-length output of the embedding head (models
+trained with ``embedding_dim``). For the RIF-SVM the scores are its decision values.
 """
 
 from __future__ import annotations
@@ -33,19 +34,30 @@ def restore_cnn(model_file: dict, device: torch.device | None = None) -> torch.n
     settings = model_file["settings"]
     box = binned_box(model_file["box_voxels"], settings.get("input_binning", 1))
     model = build_model(model_file["architecture"], len(model_file["class_names"]), box,
-                        settings.get("dropout"))
+                        settings.get("dropout"), model_embedding_dim(model_file))
     model.load_state_dict(model_file["state_dict"])
     return prepare_model(model, device or torch.device("cpu")).eval()
 
 
+def model_embedding_dim(model_file: dict) -> int | None:
+    """The embedding head's dimension of a loaded CNN model file (None: no head)."""
+    return model_file.get("embedding_dim", model_file["settings"].get("embedding_dim"))
+
+
 def cnn_scores(model: torch.nn.Module, volumes: np.ndarray, device: torch.device,
                layer: str = "logits", bfloat16: bool = False) -> np.ndarray:
-    """Linear scores (B, L) or last hidden features of a batch of normalised volumes."""
-    if layer not in ("logits", "hidden"):
-        raise TomosiftError(f"layer must be 'logits' or 'hidden', not '{layer}'")
+    """Linear scores (B, L), last hidden features (B, H) or unit-length embeddings (B, D) of
+    a batch of (B, n, n, n) normalised volumes."""
+    if layer not in ("logits", "hidden", "embedding"):
+        raise TomosiftError(f"layer must be 'logits', 'hidden' or 'embedding', not '{layer}'")
     inputs = as_input(np.ascontiguousarray(volumes), device)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
-        outputs = model.hidden_features(inputs) if layer == "hidden" else model(inputs)
+        if layer == "hidden":
+            outputs = model.hidden_features(inputs)
+        elif layer == "embedding":
+            outputs = model.embedding(inputs)
+        else:
+            outputs = model(inputs)
     return outputs.float().cpu().numpy()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from tomosift.recipe import METHODS, NORMALISATIONS, PRECISIONS, TrainingSettings
@@ -31,6 +32,21 @@ def add_commands(commands) -> None:
                        help="Fourier-bin subtomograms by this factor first (2: 40³ -> 20³)")
     train.add_argument("--exclude-class", action="append", default=[], metavar="NAME",
                        help="leave this class out of training (repeatable; leave-one-out)")
+    train.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
+                       default=recipe.deterministic,
+                       help="bit-reproducible training for a given thread count and device "
+                       "(default on)")
+    train.add_argument("--cache-volumes", action=argparse.BooleanOptionalAction,
+                       default=recipe.cache_volumes,
+                       help="hold the prepared train split in memory (default on)")
+    train.add_argument("--embedding-dim", type=int, default=recipe.embedding_dim, metavar="D",
+                       help="add an embedding head of D dimensions trained with the supervised "
+                       "contrastive loss (features --layer embedding)")
+    train.add_argument("--embedding-weight", type=float, default=recipe.embedding_weight,
+                       help="weight of the contrastive loss beside the cross-entropy")
+    train.add_argument("--embedding-temperature", type=float,
+                       default=recipe.embedding_temperature,
+                       help="temperature of the contrastive loss")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="test a model on a dataset split")
@@ -58,7 +74,10 @@ def _train(args) -> None:
         learning_rate=args.learning_rate, lr_decay=args.lr_decay, augment=args.augment,
         dropout=args.dropout, normalise=args.normalise, seed=args.seed, device=args.device,
         threads=args.threads, precision=args.precision, input_binning=args.input_binning,
-        exclude_classes=tuple(args.exclude_class),
+        exclude_classes=tuple(args.exclude_class), deterministic=args.deterministic,
+        cache_volumes=args.cache_volumes, embedding_dim=args.embedding_dim,
+        embedding_weight=args.embedding_weight,
+        embedding_temperature=args.embedding_temperature,
     )
     history = train_cnn(args.data, settings, args.out)
     last = history[-1]

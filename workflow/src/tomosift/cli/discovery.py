@@ -22,7 +22,8 @@ def add_commands(commands) -> None:
                           help="cnn (needs --model), rif or posenorm (default cnn)")
     features.add_argument("--model", type=Path, help="trained CNN model file")
     features.add_argument("--layer", choices=LAYERS, default="logits",
-                          help="CNN layer: logits (pre-softmax, the paper's) or hidden")
+                          help="CNN layer: logits (pre-softmax, the paper's), hidden or "
+                          "embedding (models trained with --embedding-dim)")
     features.add_argument("--split", choices=("all", "train", "test"), default="all")
     features.add_argument("--device", default="auto")
     features.add_argument("--threads", type=int, default=None)

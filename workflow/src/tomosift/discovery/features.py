@@ -1,7 +1,9 @@
 """Structural feature vectors of subtomograms, from three sources, for clustering.
 
-- ``cnn``: a trained CNN's linear pre-softmax outputs (``layer="logits"``, the paper's Eq. 3)
-  or its last hidden layer (``layer="hidden"``); the maximum softmax probability of every
+- ``cnn``: a trained CNN's linear pre-softmax outputs (``layer="logits"``, the paper's Eq. 3),
+  its last hidden layer (``layer="hidden"``) or the unit-length output of its embedding head
+  (``layer="embedding"``, models trained with ``--embedding-dim``, learnt with the supervised
+  contrastive loss, :mod:`tomosift.classify.metric`); the maximum softmax probability of every
   particle is stored beside them (a novelty cue: a structure the network never saw tends to
   get a flat softmax);
 - ``rif``: the rotation-invariant spherical-harmonic features of the RIF-SVM baseline (no
@@ -28,7 +30,7 @@ from tomosift.io import atomic_path
 from tomosift.progress import progress_bar
 
 SOURCES = ("cnn", "rif", "posenorm")
-LAYERS = ("logits", "hidden")
+LAYERS = ("logits", "hidden", "embedding")
 
 
 @dataclass
@@ -63,13 +65,14 @@ def cnn_features(model_path: str | os.PathLike, data_path: str | os.PathLike,
                  split: str = "all", layer: str = "logits", batch_size: int = 64,
                  device: str = "auto", threads: int | None = None,
                  progress: bool = True) -> FeatureSet:
-    """A CNN's logits (or hidden layer) and maximum softmax for every particle of a split."""
+    """A CNN's logits (N, L), hidden layer (N, H) or embedding (N, D, unit length) and its
+    maximum softmax (N,) for every particle of a split."""
     import torch
 
     from tomosift.classify.devices import as_input, choose_device, limited_threads
     from tomosift.classify.inputs import read_volumes
     from tomosift.classify.modelfile import load_model
-    from tomosift.classify.predict import restore_cnn
+    from tomosift.classify.predict import model_embedding_dim, restore_cnn
     from tomosift.datasets import open_dataset
 
     if layer not in LAYERS:
@@ -77,6 +80,9 @@ def cnn_features(model_path: str | os.PathLike, data_path: str | os.PathLike,
     model_file = load_model(model_path)
     if model_file["method"] == "rif-svm":
         raise TomosiftError(f"{model_path}: a RIF-SVM has no CNN features; use --source rif")
+    if layer == "embedding" and not model_embedding_dim(model_file):
+        raise TomosiftError(f"{model_path}: this model has no embedding head (train it with "
+                            "--embedding-dim)")
     data, splits = _dataset_rows(data_path, split)
     if data.box_voxels != model_file["box_voxels"]:
         raise TomosiftError(f"{data_path}: box {data.box_voxels}, the model {model_path} was "
@@ -93,7 +99,12 @@ def cnn_features(model_path: str | os.PathLike, data_path: str | os.PathLike,
             inputs = as_input(np.ascontiguousarray(volumes), torch_device)
             with torch.inference_mode():
                 logits = model(inputs).float()
-                chosen = model.hidden_features(inputs).float() if layer == "hidden" else logits
+                if layer == "hidden":
+                    chosen = model.hidden_features(inputs).float()
+                elif layer == "embedding":
+                    chosen = model.embedding(inputs)
+                else:
+                    chosen = logits
             features.append(chosen.cpu().numpy())
             softmax.append(torch.softmax(logits, dim=1).amax(dim=1).cpu().numpy())
     attrs = {"source": "cnn", "layer": layer, "model": str(model_path),

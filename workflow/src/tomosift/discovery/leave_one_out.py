@@ -1,8 +1,8 @@
 """The leave-one-out experiment (paper Section 3.3, Table S2, Fig. 4): can a structure that
 was never in the training data be recovered from the subdivision?
 
-For each left-out class C and feature source (a CNN trained without C, RIF or pose
-normalisation):
+For each left-out class C and feature source (a CNN trained without C's fold, at one of its
+layers, or RIF or pose normalisation):
 
 1. features of the whole test split; k-means with k clusters (:mod:`.cluster`);
 2. the cluster where C is most enriched (:func:`.cluster.most_enriched_cluster`: the paper's
@@ -12,6 +12,18 @@ normalisation):
 4. that class average aligned onto C's true density (noise- and wedge-free) and the FSC
    between them (:mod:`.fsc`); success when the 0.5-cutoff resolution is at or below the
    cutoff (7 nm).
+
+Folds (:mod:`.folds`): the paper trains one network per left-out class; with ``folds`` the
+classes are split into folds and one network is trained without every class of its fold.
+Each class is recovered from its own fold's network (:func:`check_never_seen` proves from the
+model's header that the network saw none of the fold's classes).
+
+A strict criterion (tomosift's addition): a 50/50 mixed class average can pass 7 nm. The
+reference is the same number of true members of C (the chosen class's count, a seeded draw
+from C's test particles) averaged and aligned onto the truth by the same procedure
+(:func:`classify_and_score` serves both; :func:`reference_average` caches it by class and
+count, and uses one class, so that it holds every drawn particle); ``success_strict`` = a
+resolution within ``strict_factor`` (1.2) times the reference's.
 
 Without the oracle (tomosift's addition): a user cannot pick the cluster by the true labels.
 :func:`novelty_scores` ranks clusters by how far their centroid lies from every training
@@ -26,7 +38,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +55,10 @@ from tomosift.discovery.features import FeatureSet
 from tomosift.errors import TomosiftError
 from tomosift.io import atomic_path, write_mrc
 
-SUMMARY_COLUMNS = ("class", "features", "model", "cluster_size", "fraction_in_cluster",
-                   "fraction_in_class", "resolution_nm", "success", "average", "truth")
+SUMMARY_COLUMNS = ("class", "fold", "features", "model", "cluster_size", "fraction_in_cluster",
+                   "fraction_in_class", "resolution_nm", "success", "resolution_0143_nm",
+                   "reference_nm", "success_strict", "average", "truth")
+CRITERIA = ("paper", "strict")
 PAPER_SUCCESSES = {"inception3d": 16, "dsrf3d": 18}  # of 22, paper Table S2
 
 
@@ -64,6 +78,7 @@ class RecoverySettings:
     seed: int = 1
     max_members: int | None = None
     novelty_top: int = 3
+    strict_factor: float = 1.2
     workers: int = 1
 
 
@@ -131,6 +146,19 @@ def novelty_scores(feature_set: FeatureSet, clusters: pd.DataFrame,
 
 
 @dataclass
+class Averaged:
+    """What :func:`classify_and_score` found: the chosen class of the classification and its
+    average's resolution against the truth."""
+
+    n_classified: int
+    chosen_class: int  # 1-based class of the reference-free classification
+    class_size: int
+    class_fraction: float  # fraction of C among the chosen class's members
+    resolution_nm: float
+    resolution_0143_nm: float
+
+
+@dataclass
 class Recovery:
     """What one recovery found."""
 
@@ -144,13 +172,21 @@ class Recovery:
     resolution_nm: float
     resolution_0143_nm: float
     success: bool
+    reference_nm: float = float("nan")
+    reference_count: int = 0
+    success_strict: bool = False
 
 
-def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, cluster: int,
-                         target: int, truth: np.ndarray, out_dir: str | os.PathLike,
-                         settings: RecoverySettings, progress: bool = True) -> Recovery:
-    """Steps 3-4 of the protocol on one cluster; writes the classification, the chosen average
-    aligned onto the truth (``average_on_truth.mrc``) and the FSC (``fsc.tsv``, ``fsc.png``)."""
+def classify_and_score(data_path: str | os.PathLike, members: np.ndarray, target: int,
+                       truth: np.ndarray, out_dir: str | os.PathLike,
+                       settings: RecoverySettings, progress: bool = True) -> Averaged:
+    """Steps 3-4 of the protocol on given dataset particles (``members``: dataset indices):
+    reference-free classification into ``settings.classes`` classes (at most half the
+    particle count), the class whose members are most enriched in ``target`` (ties: the one
+    with more of them), its average aligned onto the truth and the FSC. Writes the
+    classification, ``average_on_truth.mrc`` and the FSC (``fsc.tsv``, ``fsc.png``) into
+    ``out_dir``. Both the recovered average and the strict criterion's reference come from
+    here, so that they are made by the same procedure."""
     from tomosift.discovery.align import align
     from tomosift.discovery.classify3d import (
         ClassifySettings,
@@ -162,13 +198,8 @@ def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, c
     from tomosift.discovery.rotations import transform_volume
 
     out = Path(out_dir)
-    table = enrichment(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(), target)
-    row = table[table["cluster"] == cluster].iloc[0]
-    members = clusters["index"].to_numpy()[clusters["cluster"].to_numpy() == cluster]
-    if settings.max_members and len(members) > settings.max_members:
-        rng = np.random.default_rng(settings.seed)
-        members = np.sort(rng.choice(members, settings.max_members, replace=False))
-    particles = from_dataset(data_path, np.sort(members))
+    members = np.sort(np.asarray(members, dtype=np.int64))
+    particles = from_dataset(data_path, members)
     tilt_min, tilt_max = particles.tilt_range_deg
     classify_settings = ClassifySettings(max(1, min(settings.classes, len(members) // 2)),
                                          settings.iterations, tilt_min, tilt_max, settings.seed,
@@ -193,28 +224,147 @@ def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, c
     write_mrc(out / "average_on_truth.mrc", on_truth, particles.voxel_size_nm)
     fsc = compute_fsc(truth, on_truth, particles.voxel_size_nm)
     write_fsc_table(out / "fsc.tsv", fsc.shells, fsc.fsc, fsc.box_voxels, fsc.voxel_size_nm)
-    plot_fsc(out / "fsc.png", {"recovered vs truth": (fsc.shells, fsc.fsc)}, fsc.box_voxels,
+    plot_fsc(out / "fsc.png", {"average vs truth": (fsc.shells, fsc.fsc)}, fsc.box_voxels,
              fsc.voxel_size_nm, fsc.summary_line())
+    return Averaged(n_classified=len(members), chosen_class=best + 1,
+                    class_size=int(np.sum(result.classes == best)), class_fraction=best_key[0],
+                    resolution_nm=float(fsc.resolution_05_nm),
+                    resolution_0143_nm=float(fsc.resolution_0143_nm))
+
+
+def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, cluster: int,
+                         target: int, truth: np.ndarray, out_dir: str | os.PathLike,
+                         settings: RecoverySettings, progress: bool = True) -> Recovery:
+    """Steps 3-4 of the protocol on one cluster (at most ``max_members`` of its members, a
+    seeded subset), through :func:`classify_and_score`; the strict criterion is filled in by
+    :func:`judge_strictly`."""
+    table = enrichment(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(), target)
+    row = table[table["cluster"] == cluster].iloc[0]
+    members = clusters["index"].to_numpy()[clusters["cluster"].to_numpy() == cluster]
+    if settings.max_members and len(members) > settings.max_members:
+        rng = np.random.default_rng(settings.seed)
+        members = np.sort(rng.choice(members, settings.max_members, replace=False))
+    found = classify_and_score(data_path, members, target, truth, out_dir, settings, progress)
     return Recovery(
         cluster=int(cluster), cluster_size=int(row["size"]),
         fraction_in_cluster=float(row["fraction_in_cluster"]),
-        fraction_in_class=float(row["fraction_in_class"]), chosen_class=best + 1,
-        class_size=int(np.sum(result.classes == best)), class_fraction=best_key[0],
-        resolution_nm=float(fsc.resolution_05_nm),
-        resolution_0143_nm=float(fsc.resolution_0143_nm),
-        success=bool(fsc.resolution_05_nm <= settings.success_nm))
+        fraction_in_class=float(row["fraction_in_class"]), chosen_class=found.chosen_class,
+        class_size=found.class_size, class_fraction=found.class_fraction,
+        resolution_nm=found.resolution_nm, resolution_0143_nm=found.resolution_0143_nm,
+        success=bool(found.resolution_nm <= settings.success_nm))
+
+
+# Settings that change a reference average (the others only judge it; the reference is always
+# one class: every drawn particle goes into its average).
+_REFERENCE_KEYS = ("iterations", "seed")
+
+
+def reference_average(data_path: str | os.PathLike, candidates: np.ndarray, target: int,
+                      count: int, truth: np.ndarray, cache_dir: str | os.PathLike,
+                      settings: RecoverySettings, progress: bool = True) -> tuple[float, int]:
+    """The strict criterion's reference: ``count`` true members of the class (a seeded draw
+    from ``candidates``, its test particles; all of them when fewer) averaged by
+    :func:`classify_and_score` with one class, so that the reference holds every drawn
+    particle and is aligned by the same procedure as a recovered class. Returns (FSC-0.5
+    resolution in nm, particles drawn). Cached in ``cache_dir/n<count>/`` (``reference.json``
+    beside the average and FSC), so rows of several feature sources with the same count
+    reuse it."""
+    candidates = np.sort(np.asarray(candidates, dtype=np.int64))
+    if len(candidates) == 0:
+        raise TomosiftError("no test particles of the class for the strict criterion's reference")
+    count = max(1, int(count))
+    out = Path(cache_dir) / f"n{count:05d}"
+    key = {"target": int(target), "count": count, "candidates": len(candidates),
+           **{k: getattr(settings, k) for k in _REFERENCE_KEYS}}
+    cached = out / "reference.json"
+    if cached.is_file():
+        saved = json.loads(cached.read_text())
+        if saved.get("key") == key:
+            return float(saved["resolution_nm"]), int(saved["drawn"])
+    if count < len(candidates):
+        rng = np.random.default_rng([settings.seed, count])
+        drawn = np.sort(rng.choice(candidates, count, replace=False))
+    else:
+        drawn = candidates
+    found = classify_and_score(data_path, drawn, target, truth, out, replace(settings, classes=1),
+                               progress)
+    with atomic_path(cached) as tmp:
+        tmp.write_text(json.dumps({"key": key, "drawn": len(drawn),
+                                   "resolution_nm": found.resolution_nm,
+                                   "resolution_0143_nm": found.resolution_0143_nm,
+                                   "chosen_class_size": found.class_size}, indent=1) + "\n")
+    return found.resolution_nm, len(drawn)
+
+
+def judge_strictly(recovery: Recovery, data_path: str | os.PathLike, candidates: np.ndarray,
+                   target: int, truth: np.ndarray, cache_dir: str | os.PathLike,
+                   settings: RecoverySettings, progress: bool = True) -> Recovery:
+    """Fill in the strict criterion of a recovery: its reference (:func:`reference_average`
+    with the chosen class's particle count) and ``success_strict`` = a resolution at most
+    ``strict_factor`` times the reference's."""
+    reference_nm, drawn = reference_average(data_path, candidates, target,
+                                            recovery.class_size, truth, cache_dir, settings,
+                                            progress)
+    recovery.reference_nm, recovery.reference_count = reference_nm, drawn
+    recovery.success_strict = bool(recovery.resolution_nm <= settings.strict_factor
+                                   * reference_nm)
+    return recovery
+
+
+def check_never_seen(model_path: str | os.PathLike, data_path: str | os.PathLike,
+                     held_out: Sequence[str]) -> None:
+    """Prove from a model's header that it never saw any of ``held_out`` (a fold's classes):
+    none is among its classes, all are among its excluded classes, and its training particles
+    (count and SHA-256 of their indices) are this dataset's train split without the excluded
+    classes. Raises :class:`TomosiftError` otherwise."""
+    import hashlib
+
+    from tomosift.classify.inputs import read_split
+    from tomosift.classify.modelfile import load_model
+
+    model = load_model(model_path)
+    seen = sorted(set(held_out) & set(model["class_names"]))
+    if seen:
+        raise TomosiftError(f"{model_path}: was trained on {', '.join(seen)}, which it must "
+                            "never see")
+    excluded = list((model.get("settings") or {}).get("exclude_classes", []))
+    missing = sorted(set(held_out) - set(excluded))
+    if missing:
+        raise TomosiftError(f"{model_path}: does not exclude {', '.join(missing)} from training")
+    trained_on = model.get("trained_on") or {}
+    split = read_split(data_path, "train", exclude_classes=tuple(excluded))
+    digest = hashlib.sha256(np.ascontiguousarray(split.indices, dtype=np.int64)
+                            .tobytes()).hexdigest()
+    if (trained_on.get("n_train") != len(split.indices)
+            or trained_on.get("train_indices_sha256") != digest):
+        raise TomosiftError(f"{model_path}: its training particles ({trained_on.get('n_train')}) "
+                            f"are not {data_path}'s train split without "
+                            f"{', '.join(excluded)} ({len(split.indices)})")
 
 
 def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
               clusters_path: str | os.PathLike, target_class: str,
               truth_path: str | os.PathLike, out_dir: str | os.PathLike, features_name: str,
-              settings: RecoverySettings, progress: bool = True) -> dict:
+              settings: RecoverySettings, progress: bool = True, *,
+              fold: int | None = None, fold_classes: Sequence[str] | None = None,
+              model_path: str | os.PathLike | None = None,
+              reference_dir: str | os.PathLike | None = None) -> dict:
     """The whole protocol for one left-out class and feature source; writes ``row.json``
-    (one row of the summary) and returns it."""
+    (one row of the summary) and returns it.
+
+    ``fold``, ``fold_classes``: the class's fold and all its classes (default: the class
+    alone), none of which the training classes may hold; ``model_path``: the fold's network
+    (CNN features), checked with :func:`check_never_seen`; ``reference_dir``: where the
+    strict criterion's references of this class are cached (default ``out_dir/reference``).
+    """
     from tomosift.discovery.features import read_features
     from tomosift.io import read_mrc
 
     out = Path(out_dir)
+    held_out = list(fold_classes or [target_class])
+    if target_class not in held_out:
+        raise TomosiftError(f"{target_class} is not in its fold ({', '.join(held_out)})")
+    references = Path(reference_dir) if reference_dir is not None else out / "reference"
     clusters = read_cluster_table(clusters_path)
     if "label" not in clusters.columns:
         raise TomosiftError(f"{clusters_path}: the leave-one-out needs true labels")
@@ -222,21 +372,35 @@ def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
     names = feature_set.class_names
     if target_class not in names:
         raise TomosiftError(f"{features_path}: no class {target_class}")
+    if model_path is not None:
+        check_never_seen(model_path, data_path, held_out)
+    training = feature_set.attrs.get("training_classes") or [n for n in names
+                                                            if n not in held_out]
+    leaked = sorted(set(held_out) & set(training))
+    if leaked:
+        raise TomosiftError(f"{features_path}: the features' training classes hold "
+                            f"{', '.join(leaked)}, left out in this fold")
     target = names.index(target_class)
     truth, _ = read_mrc(truth_path)
-    oracle = most_enriched_cluster(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(),
-                                   target)
-    found = recover_from_cluster(data_path, clusters, oracle, target, truth, out / "oracle",
-                                 settings, progress)
-    training = feature_set.attrs.get("training_classes") or [n for n in names
-                                                            if n != target_class]
+    labels, cluster_of = clusters["label"].to_numpy(), clusters["cluster"].to_numpy()
+    candidates = clusters["index"].to_numpy()[labels == target]  # C's test particles
+
+    def recover(cluster: int, folder: Path) -> Recovery:
+        found = recover_from_cluster(data_path, clusters, cluster, target, truth, folder,
+                                     settings, progress)
+        return judge_strictly(found, data_path, candidates, target, truth, references,
+                              settings, progress)
+
+    oracle = most_enriched_cluster(labels, cluster_of, target)
+    found = recover(oracle, out / "oracle")
     novelty = novelty_scores(feature_set, clusters, training)
     oracle_rank = int(novelty.loc[novelty["cluster"] == oracle, "rank"].iloc[0])
     # Without the oracle: the user averages the most novel-looking clusters in turn, until
     # one shows a new structure. Clusters are taken in rank order and the search stops at
-    # the first that recovers C; a cluster without a single member of C cannot give C's
-    # structure and is skipped (the success count is the same, the time less).
-    table = enrichment(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(), target)
+    # the first that recovers C by both criteria (so both counts are exact); a cluster
+    # without a single member of C cannot give C's structure and is skipped (the success
+    # count is the same, the time less).
+    table = enrichment(labels, cluster_of, target)
     holding = set(table.loc[table["count"] > 0, "cluster"].astype(int))
     top = [int(c) for c in novelty.sort_values("rank")["cluster"].iloc[:settings.novelty_top]]
     novel: list[Recovery] = []
@@ -244,26 +408,32 @@ def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
         if cluster == oracle:
             novel.append(found)
         elif cluster in holding:
-            novel.append(recover_from_cluster(data_path, clusters, cluster, target, truth,
-                                              out / f"novel_{cluster}", settings, progress))
-        if novel and novel[-1].success:
+            novel.append(recover(cluster, out / f"novel_{cluster}"))
+        if any(r.success for r in novel) and any(r.success_strict for r in novel):
             break
     best_novel = min(novel, key=lambda r: r.resolution_nm) if novel else None
     average = out / "oracle" / "average_on_truth.mrc"
     row = {
-        "class": target_class, "features": features_name,
+        "class": target_class, "fold": fold if fold is not None else 1,
+        "features": features_name,
         "model": feature_set.attrs.get("model_method", features_name),
         "cluster_size": found.cluster_size, "fraction_in_cluster": found.fraction_in_cluster,
         "fraction_in_class": found.fraction_in_class, "resolution_nm": found.resolution_nm,
-        "success": found.success, "average": str(average), "truth": str(truth_path),
+        "success": found.success, "resolution_0143_nm": found.resolution_0143_nm,
+        "reference_nm": found.reference_nm, "success_strict": found.success_strict,
+        "average": str(average), "truth": str(truth_path),
+        "layer": feature_set.attrs.get("layer", ""),
+        "fold_classes": " ".join(held_out),
         "chosen_class_size": found.class_size, "chosen_class_fraction": found.class_fraction,
-        "resolution_0143_nm": found.resolution_0143_nm,
+        "reference_count": found.reference_count,
         "oracle_novelty_rank": oracle_rank, "n_clusters": len(novelty),
         "novel_top_clusters": len(top), "novel_clusters_with_class": len(novel),
         "novel_best_fraction_in_cluster": max((r.fraction_in_cluster for r in novel),
                                               default=0.0),
         "novel_resolution_nm": best_novel.resolution_nm if best_novel else float("nan"),
+        "novel_reference_nm": best_novel.reference_nm if best_novel else float("nan"),
         "novel_success": any(r.success for r in novel),
+        "novel_success_strict": any(r.success_strict for r in novel),
     }
     with atomic_path(out / "row.json") as tmp:
         tmp.write_text(json.dumps({**row, "settings": asdict(settings)}, indent=1) + "\n")
@@ -285,18 +455,33 @@ def summarise(row_paths: Sequence[str | os.PathLike], out_path: str | os.PathLik
     return table
 
 
-def success_counts(table: pd.DataFrame) -> pd.DataFrame:
+def success_counts(table: pd.DataFrame, criterion: str = "paper") -> pd.DataFrame:
     """Per feature source: classes tried, successes with the oracle's cluster and with the
-    most novel clusters (no labels), how often the oracle's cluster ranked first and in the
-    top ``novelty_top`` by novelty, and the paper's count for the same architecture."""
+    most novel clusters (no labels) by the paper's rule and by the strict criterion, how often
+    the oracle's cluster ranked first and in the top ``novelty_top`` by novelty, and the
+    paper's count for the same architecture. ``successes`` and ``successes_without_oracle``
+    are the headline counts, by ``criterion`` (``paper`` or ``strict``)."""
+    if criterion not in CRITERIA:
+        raise TomosiftError(f"criterion must be one of {', '.join(CRITERIA)}, not '{criterion}'")
     records = []
     for features, group in table.groupby("features", sort=False):
         model = str(group["model"].iloc[0])
         paper = next((v for k, v in PAPER_SUCCESSES.items()
                       if model.split("-")[0] == k), None)
+        counts = {
+            "paper": int(group["success"].astype(bool).sum()),
+            "strict": int(group["success_strict"].astype(bool).sum()),
+            "novel_paper": int(group["novel_success"].astype(bool).sum()),
+            "novel_strict": int(group["novel_success_strict"].astype(bool).sum()),
+        }
         records.append({"features": features, "classes": len(group),
-                        "successes": int(group["success"].sum()),
-                        "successes_without_oracle": int(group["novel_success"].sum()),
+                        "folds": int(group["fold"].nunique()), "criterion": criterion,
+                        "successes": counts[criterion],
+                        "successes_paper": counts["paper"],
+                        "successes_strict": counts["strict"],
+                        "successes_without_oracle": counts[f"novel_{criterion}"],
+                        "successes_without_oracle_paper": counts["novel_paper"],
+                        "successes_without_oracle_strict": counts["novel_strict"],
                         "oracle_cluster_ranked_first": int((group["oracle_novelty_rank"] == 1)
                                                            .sum()),
                         "oracle_cluster_in_novel_top": int(
@@ -356,22 +541,26 @@ def _html_table(table: pd.DataFrame, counts: pd.DataFrame) -> str:
 
 
 def write_views(row_paths: Sequence[str | os.PathLike], features: dict[str, str],
-                clusters: dict[str, str], held_out: str, outputs,
-                embedding_points: int = 3000, seed: int = 1) -> pd.DataFrame:
-    """All views of a leave-one-out run: ``summary`` (TSV), ``successes`` (TSV), ``html``
-    (Table S2), ``fig4`` (true vs recovered), ``figS1`` (cluster-size histograms per source,
-    for the first left-out class; their coefficient of variation and the counts of clusters
-    of at most 10 and over 1000 members go into ``successes`` too) and ``fig2`` (t-SNE of
-    each source's test features, the held-out class marked). ``outputs`` maps those names
-    to paths. Returns the counts."""
+                clusters: dict[str, str], held_out: str | Sequence[str], outputs,
+                embedding_points: int = 3000, seed: int = 1,
+                criterion: str = "paper") -> pd.DataFrame:
+    """All views of a leave-one-out run: ``summary`` (TSV), ``successes`` (TSV, headline
+    counts by ``criterion``), ``html`` (Table S2), ``fig4`` (true vs recovered), ``figS1``
+    (cluster-size histograms per source, for the first fold; their coefficient of variation
+    and the counts of clusters of at most 10 and over 1000 members go into ``successes``
+    too) and ``fig2`` (t-SNE of each source's test features, the first of the first fold's
+    held-out classes marked). ``features`` and ``clusters`` are the first fold's files, one
+    per source; ``held_out`` that fold's classes. ``outputs`` maps those names to paths.
+    Returns the counts."""
     from tomosift.discovery.cluster import plot_cluster_size_histograms, size_statistics
     from tomosift.discovery.embed import plot_embedding, tsne_2d
     from tomosift.discovery.features import read_features
     from tomosift.io import write_text
     from tomosift.plots import save_figure
 
+    held_out = [held_out] if isinstance(held_out, str) else list(held_out)
     table = summarise(row_paths, outputs["summary"])
-    counts = success_counts(table)
+    counts = success_counts(table, criterion)
     sizes = {name: read_cluster_table(path)["cluster"].value_counts().to_numpy()
              for name, path in clusters.items()}
     statistics = {name: size_statistics(values) for name, values in sizes.items()}
@@ -383,7 +572,8 @@ def write_views(row_paths: Sequence[str | os.PathLike], features: dict[str, str]
     write_text(outputs["html"], _html_table(table, counts))
     plot_recovery_panel(table, outputs["fig4"])
     plot_cluster_size_histograms(outputs["figS1"], sizes,
-                                 f"Cluster sizes of the test split ({held_out} left out)")
+                                 f"Cluster sizes of the test split ({', '.join(held_out)} "
+                                 "left out)")
     panels = []
     for name, path in features.items():
         feature_set = read_features(path)
@@ -392,7 +582,7 @@ def write_views(row_paths: Sequence[str | os.PathLike], features: dict[str, str]
         panels.append((name, xy, feature_set.labels[rows][chosen], feature_set.class_names))
     for name, xy, labels, names in panels:  # one PNG per source, then tiled
         plot_embedding(Path(outputs["fig2"]).with_name(f"fig2_embedding_{name}.png"), xy,
-                       labels, names, held_out, f"t-SNE of {name} features")
+                       labels, names, held_out[0], f"t-SNE of {name} features")
     _tile_images([Path(outputs["fig2"]).with_name(f"fig2_embedding_{name}.png")
                   for name, *_ in panels], outputs["fig2"], save_figure)
     return counts
