@@ -403,3 +403,26 @@ def test_two_excluded_classes_both_vanish(tmp_path, structure_path):
     kept = read_split(data, "train", ("1bxn", "2cg9"))
     assert header["trained_on"]["n_train"] == len(kept.indices) < len(read_split(data).indices)
     assert header["state_dict"]["classifier.weight"].shape[0] == 2
+
+
+def test_one_cycle_schedule_warms_up_then_anneals():
+    from tomosift.classify.train import learning_rate_schedule
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    settings = TrainingSettings(architecture="dsrf3d", epochs=4, batch_size=10,
+                                learning_rate=0.02, schedule="one_cycle")
+    optimiser = torch.optim.SGD([parameter], lr=settings.learning_rate, momentum=0.9)
+    schedule = learning_rate_schedule(optimiser, settings, n_train=95)  # 10 batches an epoch
+    rates = []
+    for _ in range(40):
+        rates.append(optimiser.param_groups[0]["lr"])
+        optimiser.step()
+        schedule.step()
+    peak = int(np.argmax(rates))
+    assert 10 <= peak <= 13 and rates[peak] == pytest.approx(0.02, rel=1e-3)  # 30% of 40
+    assert rates[0] == pytest.approx(0.02 / 25, rel=1e-3)  # PyTorch's div_factor
+    assert rates[-1] < 0.02 / 1000 and all(np.diff(rates[peak:]) <= 0)
+    paper = learning_rate_schedule(optimiser, replace(settings, schedule="paper"), 95)
+    assert isinstance(paper, torch.optim.lr_scheduler.LambdaLR)
+    with pytest.raises(TomosiftError, match="schedule must be one of"):
+        replace(settings, schedule="cosine")

@@ -155,6 +155,19 @@ def train_cnn(
                           stop_after_epochs, method)
 
 
+def learning_rate_schedule(optimiser: torch.optim.Optimizer, settings: TrainingSettings,
+                           n_train: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-iteration learning-rate schedule of ``settings.schedule`` (see
+    :class:`tomosift.recipe.TrainingSettings`) for ``n_train`` training subtomograms."""
+    if settings.schedule == "one_cycle":
+        steps = settings.epochs * -(-n_train // settings.batch_size)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=settings.learning_rate, total_steps=steps, pct_start=0.3,
+            base_momentum=0.85, max_momentum=0.95)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda iteration: 1.0 / (1.0 + settings.lr_decay * iteration))
+
+
 def _train_cnn(data_path, settings: TrainingSettings, out_path: Path, checkpoint_path: Path,
                progress: bool, stop_after_epochs: int | None, method: str | None):
     data = read_split(data_path, "train", settings.exclude_classes)
@@ -179,8 +192,7 @@ def _train_seeded(data_path, data: SplitData, device: torch.device, settings: Tr
                                       settings.dropout, settings.embedding_dim), device)
     optimiser = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
                                 momentum=settings.momentum, nesterov=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda iteration: 1.0 / (1.0 + settings.lr_decay * iteration))
+    schedule = learning_rate_schedule(optimiser, settings, len(data.indices))
     history: list[EpochRecord] = []
     identity = checkpoint_identity(settings, data_path, len(data.indices), device)
     if checkpoint_path.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tomosift.recipe import METHODS, NORMALISATIONS, PRECISIONS, TrainingSettings
+from tomosift.recipe import METHODS, NORMALISATIONS, PRECISIONS, SCHEDULES, TrainingSettings
 
 
 def add_commands(commands) -> None:
@@ -27,6 +27,8 @@ def add_commands(commands) -> None:
     train.add_argument("--seed", type=int, default=recipe.seed)
     train.add_argument("--device", default=recipe.device, help="auto, cpu, cuda or cuda:N")
     train.add_argument("--precision", choices=PRECISIONS, default=recipe.precision)
+    train.add_argument("--schedule", choices=SCHEDULES, default=recipe.schedule,
+                       help="learning-rate schedule: the paper's decay or one cycle")
     train.add_argument("--threads", type=int, default=recipe.threads)
     train.add_argument("--input-binning", type=int, default=recipe.input_binning,
                        help="Fourier-bin subtomograms by this factor first (2: 40³ -> 20³)")
@@ -77,7 +79,7 @@ def _train(args) -> None:
         exclude_classes=tuple(args.exclude_class), deterministic=args.deterministic,
         cache_volumes=args.cache_volumes, embedding_dim=args.embedding_dim,
         embedding_weight=args.embedding_weight,
-        embedding_temperature=args.embedding_temperature,
+        embedding_temperature=args.embedding_temperature, schedule=args.schedule,
     )
     history = train_cnn(args.data, settings, args.out)
     last = history[-1]
