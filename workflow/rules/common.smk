@@ -265,15 +265,6 @@ def loo_training_runtime_min(wildcards):
     return training_runtime_min(Namespace(dataset=LOO_DATASET, method=wildcards.method))
 
 
-def loo_cnn_model(wildcards):
-    method, _ = LOO_CNN[wildcards.features]
-    return f"{LOO_DIR}/models/{method}/fold_{wildcards.fold}.pt"
-
-
-def loo_cnn_layer(wildcards):
-    return LOO_CNN[wildcards.features][1]
-
-
 def loo_fold(wildcards):
     """The fold of a left-out class, from the checkpoint loo_folds's table (data-dependent:
     the folds are balanced by mass, which the density rules measure)."""

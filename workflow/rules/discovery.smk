@@ -59,15 +59,20 @@ rule loo_train:
 
 rule loo_cnn_features:
     input:
-        model=loo_cnn_model,
+        model=f"{LOO_DIR}/models/{{method}}/fold_{{fold}}.pt",
         data=f"results/datasets/{LOO_DATASET}.h5",
     output:
-        f"{LOO_DIR}/features/{{features}}/fold_{{fold}}.h5",
+        [
+            f"{LOO_DIR}/features/{loo_feature_name('{method}', layer)}/fold_{{fold}}.h5"
+            for layer in LOO_LAYERS
+        ],
     log:
-        f"{LOGS}/leave_one_out/features/{{features}}/fold_{{fold}}.log",
+        f"{LOGS}/leave_one_out/features/{{method}}/fold_{{fold}}.log",
+    wildcard_constraints:
+        method="|".join(re.escape(m) for m in LOO_MODELS) or "none",
     params:
         source="cnn",
-        layer=loo_cnn_layer,
+        layers=LOO_LAYERS,
     threads: CLASSIFY["threads"]
     resources:
         gpu=loo_gpus,

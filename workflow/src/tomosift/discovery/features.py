@@ -19,6 +19,7 @@ dataset. Labels are copied for scoring only: no feature is computed from them.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,16 @@ def cnn_features(model_path: str | os.PathLike, data_path: str | os.PathLike,
                  progress: bool = True) -> FeatureSet:
     """A CNN's logits (N, L), hidden layer (N, H) or embedding (N, D, unit length) and its
     maximum softmax (N,) for every particle of a split."""
+    return cnn_layer_features(model_path, data_path, [layer], split, batch_size, device,
+                              threads, progress)[layer]
+
+
+def cnn_layer_features(model_path: str | os.PathLike, data_path: str | os.PathLike,
+                       layers: Sequence[str], split: str = "all", batch_size: int = 64,
+                       device: str = "auto", threads: int | None = None,
+                       progress: bool = True) -> dict[str, FeatureSet]:
+    """Several layers of a CNN (see :func:`cnn_features`) in one pass over the data:
+    {layer: its feature set}; each volume goes through the network once."""
     import torch
 
     from tomosift.classify.devices import as_input, choose_device, limited_threads
@@ -75,12 +86,14 @@ def cnn_features(model_path: str | os.PathLike, data_path: str | os.PathLike,
     from tomosift.classify.predict import model_embedding_dim, restore_cnn
     from tomosift.datasets import open_dataset
 
-    if layer not in LAYERS:
-        raise TomosiftError(f"layer must be one of {', '.join(LAYERS)}, not '{layer}'")
+    unknown = [layer for layer in layers if layer not in LAYERS]
+    if unknown or not layers:
+        raise TomosiftError(f"layer must be one of {', '.join(LAYERS)}, not "
+                            f"'{', '.join(unknown)}'")
     model_file = load_model(model_path)
     if model_file["method"] == "rif-svm":
         raise TomosiftError(f"{model_path}: a RIF-SVM has no CNN features; use --source rif")
-    if layer == "embedding" and not model_embedding_dim(model_file):
+    if "embedding" in layers and not model_embedding_dim(model_file):
         raise TomosiftError(f"{model_path}: this model has no embedding head (train it with "
                             "--embedding-dim)")
     data, splits = _dataset_rows(data_path, split)
@@ -88,7 +101,8 @@ def cnn_features(model_path: str | os.PathLike, data_path: str | os.PathLike,
         raise TomosiftError(f"{data_path}: box {data.box_voxels}, the model {model_path} was "
                             f"trained on {model_file['box_voxels']}")
     settings = model_file["settings"]
-    features, softmax = [], []
+    features: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    softmax = []
     with limited_threads(threads), open_dataset(data_path) as h5:
         torch_device = choose_device(device)
         model = restore_cnn(model_file, torch_device)
@@ -98,22 +112,23 @@ def cnn_features(model_path: str | os.PathLike, data_path: str | os.PathLike,
                                    settings["normalise"], settings.get("input_binning", 1))
             inputs = as_input(np.ascontiguousarray(volumes), torch_device)
             with torch.inference_mode():
-                logits = model(inputs).float()
-                if layer == "hidden":
-                    chosen = model.hidden_features(inputs).float()
-                elif layer == "embedding":
-                    chosen = model.embedding(inputs)
-                else:
-                    chosen = logits
-            features.append(chosen.cpu().numpy())
+                hidden = model.hidden_features(inputs)
+                logits = model.head(hidden).float()
+                outputs = {"logits": logits, "hidden": hidden.float()}
+                if "embedding" in layers:
+                    outputs["embedding"] = model.embed_hidden(hidden)
+            for layer in layers:
+                features[layer].append(outputs[layer].cpu().numpy())
             softmax.append(torch.softmax(logits, dim=1).amax(dim=1).cpu().numpy())
-    attrs = {"source": "cnn", "layer": layer, "model": str(model_path),
-             "model_method": model_file["method"],
+    max_softmax = np.concatenate(softmax).astype(np.float32)
+    attrs = {"source": "cnn", "model": str(model_path), "model_method": model_file["method"],
              "training_classes": list(model_file["class_names"]),
-             "excluded_classes": list(settings.get("exclude_classes", []))}
-    return FeatureSet(np.concatenate(features).astype(np.float32), data.indices, data.labels,
-                      splits, data.class_names, {**attrs, "data": str(data_path)},
-                      np.concatenate(softmax).astype(np.float32))
+             "excluded_classes": list(settings.get("exclude_classes", [])),
+             "data": str(data_path)}
+    return {layer: FeatureSet(np.concatenate(features[layer]).astype(np.float32),
+                              data.indices, data.labels, splits, data.class_names,
+                              {**attrs, "layer": layer}, max_softmax)
+            for layer in layers}
 
 
 def rif_dataset_features(data_path: str | os.PathLike, split: str = "all", settings=None,
