@@ -42,8 +42,8 @@ noisy particle: the average converges to noise. This module refines as RELION an
    ``wiener_fraction`` times the mean of the summed weights where they are positive.
 
 Alignment runs on Fourier-cropped boxes that just hold the aligned shells (the same
-coefficients on fewer voxels); particles are aligned and summed in ``workers`` forked
-processes, each particle on its own and combined in order, so the bytes do not depend on it.
+coefficients on fewer voxels); particles are aligned and summed in ``workers`` threads,
+each particle on its own and combined in order, so the bytes do not depend on it.
 
 Volumes are (n, n, n) indexed [z, y, x], bright density; poses have the
 :func:`tomosift.discovery.align.align` sense: ``transform(particle, R, s)`` lies on the average.
@@ -104,8 +104,8 @@ class RefineSettings:
         mask_edge_voxels: soft edge of the spherical particle and reference mask; the radius
             is ``n / 2 - mask_edge_voxels - 1`` unless ``mask_radius_voxels`` is set.
         wiener_fraction: the Wiener term as a fraction of the mean summed weight.
-        workers: processes (forked) that align particles and sum their terms; the results
-            are the same bytes for any number.
+        workers: threads that align particles and sum their terms; the results are the
+            same bytes for any number.
         align: alignment settings (shells and score radius are set per iteration).
     """
 
@@ -333,7 +333,7 @@ def crop_half_spectrum(array: np.ndarray, size: int) -> np.ndarray:
 
 def _crop(volume: np.ndarray, size: int) -> np.ndarray:
     """(m, m, m) float32 Fourier crop of an (n, n, n) volume (mean kept; voxel n // 2 lands on
-    m // 2), in numpy: no torch threads in forked workers."""
+    m // 2), in numpy."""
     box = volume.shape[0]
     if size == box:
         return volume
@@ -499,33 +499,34 @@ class _State:
                    np.zeros((n_particles, k, 3)), np.full(n_particles, -1, dtype=np.int64))
 
 
-#: What the worker functions read: set before a pool forks, so children inherit it.
+#: What the worker functions read during one :func:`_parallel_map`.
 _CONTEXT: dict = {}
 
 
 def _parallel_map(function, indices, workers: int, context: dict, bar=None) -> list:
-    """``[function(i) for i in indices]``, in order, over ``workers`` forked processes when
-    more than one (the children read ``context`` through :data:`_CONTEXT`). Each item is
-    computed alone and the caller combines them in order, so the result is the same bytes
-    whatever the number of workers."""
-    import multiprocessing
+    """``[function(i) for i in indices]``, in order, over ``workers`` threads when more than
+    one (the functions read ``context`` through :data:`_CONTEXT`). Each item is computed alone
+    and the caller combines them in order, so the result is the same bytes whatever the number
+    of workers.
+
+    Threads, not forked processes: the FFTs and array arithmetic release the GIL, and a fork of
+    a process whose other threads (PyTorch's, OpenMP's, an allocator's) may hold a lock can
+    leave the child waiting forever, which a CI run did at this point (issue 20)."""
+    from concurrent.futures import ThreadPoolExecutor
 
     global _CONTEXT
     _CONTEXT = context
-    indices = list(indices)
     try:
-        forkable = "fork" in multiprocessing.get_all_start_methods()
-        if workers <= 1 or len(indices) < 2 or not forkable:
+        if workers <= 1:
             out = []
             for i in indices:
                 out.append(function(i))
                 if bar is not None:
                     bar.update(1)
             return out
-        chunk = max(1, len(indices) // (8 * workers))
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with ThreadPoolExecutor(workers) as pool:
             out = []
-            for item in pool.imap(function, indices, chunksize=chunk):
+            for item in pool.map(function, indices):
                 out.append(item)
                 if bar is not None:
                     bar.update(1)
