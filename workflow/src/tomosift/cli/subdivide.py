@@ -1,6 +1,6 @@
-"""The subdivision verb: ``subdivide`` (CNN features and k-means of a dataset, a RELION
-particles file or a tomogram, written as RELION subsets; the work is in
-:mod:`tomosift.subdivide`)."""
+"""The subdivision verbs: ``subdivide`` (CNN features and k-means of a dataset, a RELION
+particles file or a tomogram, written as RELION subsets) and ``census`` (how many distinct
+structures the subsets hold, known or novel); the work is in :mod:`tomosift.subdivide`."""
 
 from __future__ import annotations
 
@@ -37,7 +37,60 @@ def add_commands(commands) -> None:
     sub.add_argument("--device", default="auto")
     sub.add_argument("--threads", type=int, default=None)
     sub.add_argument("--seed", type=int, default=1)
+    sub.add_argument("--census", action="store_true",
+                     help="then count the distinct structures (tomosift census, into "
+                          "OUT_DIR/census)")
+    _add_census_options(sub)
     sub.set_defaults(handler=_subdivide)
+
+    census = commands.add_parser(
+        "census", help="how many distinct structures a subdivision holds, known or novel")
+    census.add_argument("--subdivision", required=True, type=Path,
+                        help="a tomosift subdivide output folder (clusters.tsv)")
+    census.add_argument("--out-dir", required=True, type=Path)
+    census.add_argument("--data", type=Path, default=None,
+                        help="its dataset, when not where subdivide.json says")
+    census.add_argument("--threads", type=int, default=None)
+    census.add_argument("--seed", type=int, default=1)
+    _add_census_options(census)
+    census.set_defaults(handler=_census)
+
+
+def _add_census_options(parser) -> None:
+    parser.add_argument("--references", nargs="+", default=[],
+                        help="reference maps (MRC files or folders) at the data's voxel size: "
+                             "a structure none of them explains is novel")
+    parser.add_argument("--min-members", type=int, default=10,
+                        help="smaller subsets are listed as unresolved (default 10)")
+    parser.add_argument("--max-members", type=int, default=100,
+                        help="members averaged per subset, a seeded draw (default 100; 0 = "
+                             "all)")
+    parser.add_argument("--calibration-quantile", type=float, default=0.1,
+                        help="same-structure threshold: this quantile of the subsets' self "
+                             "ratios (default 0.1)")
+
+
+def _census_settings(args):
+    from tomosift.discovery.census import CensusSettings
+
+    return CensusSettings(min_members=args.min_members,
+                          max_members=args.max_members or None,
+                          calibration_quantile=args.calibration_quantile, seed=args.seed,
+                          workers=args.threads or 1)
+
+
+def _run_census(args, subdivision: Path, out_dir: Path, data: Path | None) -> None:
+    from tomosift.subdivide.census import census, summary_lines
+
+    result = census(subdivision, out_dir, args.references, _census_settings(args), data)
+    for line in summary_lines(result.table, result.unresolved, result.merged.threshold):
+        print(line)
+    print(f"outputs in {out_dir}: census.tsv, members.tsv, unresolved.tsv, structures/ "
+          f"({len(result.table)} maps with half-maps and STAR), census.png, similarity.png")
+
+
+def _census(args) -> None:
+    _run_census(args, args.subdivision, args.out_dir, args.data)
 
 
 def _subdivide(args) -> None:
@@ -64,3 +117,5 @@ def _subdivide(args) -> None:
           f"{stars} cluster STAR files), cluster_sizes.png, embedding.png"
           + (f", averages/ ({len(result.files['averages'])} MRC) and averages.png"
              if args.averages > 0 else ""))
+    if args.census:
+        _run_census(args, args.out_dir, args.out_dir / "census", None)

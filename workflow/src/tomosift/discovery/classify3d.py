@@ -33,7 +33,7 @@ class ClassifySettings:
     """How reference-free classification runs (the rest: :class:`RefineSettings` defaults).
 
     ``mask_threshold``: in a class average's coverage, a frequency counts as observed where
-    the summed weights reach this fraction of their maximum. ``workers``: processes (the
+    the summed weights reach this fraction of their maximum. ``workers``: threads (the
     result is the same bytes for any number).
     """
 

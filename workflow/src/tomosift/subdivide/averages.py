@@ -36,6 +36,35 @@ def chosen_clusters(table_clusters: np.ndarray, clusters: int | Sequence[int]) -
     return [int(c) for c in clusters]
 
 
+def seeded_members(members: np.ndarray, max_members: int | None, seed: int, number: int
+                   ) -> np.ndarray:
+    """At most ``max_members`` of ``members`` (sorted), drawn with the seed and the subset's
+    number; all of them when fewer or ``max_members`` is None."""
+    if max_members is None or len(members) <= max_members:
+        return np.sort(members)
+    rng = np.random.default_rng([seed, number])
+    return np.sort(rng.choice(members, size=max_members, replace=False))
+
+
+def average_members(data_path: str | os.PathLike, members: np.ndarray, iterations: int,
+                    seed: int, threads: int | None, progress: bool):
+    """Reference-free average (one class, gold-standard half-sets) of dataset particles
+    ``members``: (:class:`~tomosift.discovery.classify3d.ClassificationResult`, voxel size
+    in nm)."""
+    from tomosift.classify.devices import limited_threads
+    from tomosift.discovery.classify3d import ClassifySettings, classify
+    from tomosift.discovery.particles import from_dataset
+
+    particles = from_dataset(data_path, members)
+    low, high = particles.tilt_range_deg
+    settings = ClassifySettings(classes=1, iterations=iterations, tilt_min_deg=low,
+                                tilt_max_deg=high, seed=seed, workers=threads or 1)
+    with limited_threads(threads):
+        result = classify(particles.volumes, settings, progress=progress,
+                          observations=particles.observations())
+    return result, particles.voxel_size_nm
+
+
 def cluster_averages(data_path: str | os.PathLike, clusters_tsv: str | os.PathLike,
                      out_dir: str | os.PathLike, clusters: int | Sequence[int] = 3,
                      max_members: int = 50, iterations: int = AVERAGE_ITERATIONS, seed: int = 1,
@@ -47,10 +76,7 @@ def cluster_averages(data_path: str | os.PathLike, clusters_tsv: str | os.PathLi
     table is kept. Returns the averages' MRC paths."""
     import pandas as pd
 
-    from tomosift.classify.devices import limited_threads
-    from tomosift.discovery.classify3d import ClassifySettings, classify
     from tomosift.discovery.fsc import compute_fsc, soft_sphere_mask
-    from tomosift.discovery.particles import from_dataset
     from tomosift.io import read_mrc, write_mrc, write_text
     from tomosift.plots import density_montage
 
@@ -68,23 +94,15 @@ def cluster_averages(data_path: str | os.PathLike, clusters_tsv: str | os.PathLi
     for number in chosen_clusters(numbers, clusters):
         path = out / "averages" / f"cluster_{number:03d}.mrc"
         halves = [path.with_name(f"{path.stem}_half{h}.mrc") for h in (1, 2)]
-        members = indices[numbers == number]
-        if len(members) > max_members:
-            rng = np.random.default_rng([seed, number])
-            members = np.sort(rng.choice(members, size=max_members, replace=False))
+        members = seeded_members(indices[numbers == number], max_members, seed, number)
         if all(p.is_file() and p.stat().st_mtime >= clusters_tsv.stat().st_mtime
                for p in (path, *halves)):
             volume, voxel = read_mrc(path)
             half_maps = [read_mrc(p)[0] for p in halves]
         else:
-            particles = from_dataset(data_path, members)
-            low, high = particles.tilt_range_deg
-            settings = ClassifySettings(classes=1, iterations=iterations, tilt_min_deg=low,
-                                        tilt_max_deg=high, seed=seed, workers=threads or 1)
-            with limited_threads(threads):
-                result = classify(particles.volumes, settings, progress=progress,
-                                  observations=particles.observations())
-            volume, voxel = result.averages[0], particles.voxel_size_nm
+            result, voxel = average_members(data_path, members, iterations, seed, threads,
+                                            progress)
+            volume = result.averages[0]
             # one member: no half-sets; its "half-maps" are itself (the FSC then says 2 voxels)
             half_maps = (list(result.half_maps[0]) if result.half_maps is not None
                          else [volume, volume])

@@ -1,0 +1,96 @@
+"""Structure census (tomosift.discovery.census): calibrated same-structure comparison of
+subset averages, merging and known/novel, on particles with a known answer at SNR 0.1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from tomosift.density import DensitySettings, make_density
+from tomosift.discovery.census import (
+    CensusSettings,
+    SubsetAverage,
+    agreement_ratio,
+    expected_correlation,
+    is_novel,
+    merge_averages,
+    nearest_references,
+)
+from tomosift.discovery.classify3d import ClassifySettings, classify
+from tomosift.discovery.rotations import transform_volume
+from tomosift.discovery.wedge import apply_mask, wedge_mask
+from tomosift.errors import TomosiftError
+
+SNR = 0.1
+PER_SUBSET = 20
+
+
+@pytest.fixture(scope="module")
+def maps(structure_path):
+    """40³ maps at 0.92 nm of two asymmetric complexes."""
+    return {name: make_density(structure_path(name), DensitySettings())[0]
+            for name in ("1u6g", "4v1w")}
+
+
+def _subset_average(volume, seed, number):
+    """A subset of noisy (SNR 0.1), wedge-masked (±60°) particles in random poses, averaged
+    reference-free as two half-maps."""
+    rng = np.random.default_rng(seed)
+    mask = wedge_mask(volume.shape[0])
+    particles = []
+    for _ in range(PER_SUBSET):
+        moved = transform_volume(volume, Rotation.random(random_state=rng).as_matrix(),
+                                 rng.uniform(-3, 3, 3))
+        noisy = moved + rng.normal(0, np.sqrt(moved.var() / SNR), moved.shape)
+        particles.append(apply_mask(noisy, mask))
+    result = classify(np.stack(particles).astype(np.float32),
+                      ClassifySettings(classes=1, iterations=2, workers=2), progress=False)
+    return SubsetAverage(result.half_maps[0], result.observed(0), PER_SUBSET, [number])
+
+
+@pytest.fixture(scope="module")
+def census_of_four(maps):
+    """Subsets 1, 2 of 1u6g and 3, 4 of 4v1w, merged."""
+    averages = [_subset_average(maps[name], seed, number)
+                for number, (name, seed) in enumerate(
+                    [("1u6g", 1), ("1u6g", 2), ("4v1w", 3), ("4v1w", 4)], 1)]
+    return merge_averages(averages, CensusSettings(workers=2))
+
+
+def test_expected_fsc_of_an_average_from_its_half_sets():
+    # F = 1/3 -> sqrt(2/3 / (4/3)) = sqrt(1/2); F = 0.143 -> 0.5 (the map-model threshold)
+    assert expected_correlation(np.array([1 / 3, 0.143]))[0] == pytest.approx(np.sqrt(0.5))
+    assert expected_correlation(np.array([1 / 3, 0.143]))[1] == pytest.approx(0.5, abs=2e-3)
+    assert agreement_ratio(np.array([1, 0.4, 0.2]), np.array([1, 0.8, 0.4]), 2) == \
+        pytest.approx(0.5)
+
+
+def test_identical_structures_merge_and_different_ones_do_not(census_of_four):
+    merged = census_of_four
+    assert sorted(s.subsets for s in merged.structures) == [[1, 2], [3, 4]]
+    # the calibration: a subset's own half-maps, turned and aligned back, agree to ~1
+    assert np.all(merged.self_ratios > 0.8) and np.all(merged.self_ratios < 1.1)
+    ratios = merged.pair_ratios
+    assert ratios[0, 1] >= merged.threshold and ratios[2, 3] >= merged.threshold
+    assert np.max(ratios[:2, 2:]) < 0.7 * merged.threshold, ratios
+    assert {s.particles for s in merged.structures} == {2 * PER_SUBSET}
+
+
+def test_a_structure_without_its_reference_is_novel(census_of_four, maps):
+    settings = CensusSettings(workers=2)
+    structures = census_of_four.structures
+    both = nearest_references(structures, maps, settings)
+    truth = ["1u6g" if s.subsets == [1, 2] else "4v1w" for s in structures]
+    assert [name for name, _ in both] == truth
+    assert not any(is_novel(score, settings) for _, score in both)
+    only_one = nearest_references(structures, {"1u6g": maps["1u6g"]}, settings)
+    novel = [is_novel(score, settings) for _, score in only_one]
+    assert novel == [name == "4v1w" for name in truth]
+
+
+def test_settings_are_checked():
+    with pytest.raises(TomosiftError, match="min_members"):
+        CensusSettings(min_members=1)
+    with pytest.raises(TomosiftError, match="calibration_quantile"):
+        CensusSettings(calibration_quantile=1.5)

@@ -1,0 +1,331 @@
+"""How many distinct structures do the subsets hold? Calibrated comparison and merging of
+subset averages.
+
+Each subset is averaged as two independent half-maps (gold standard). Its half-set FSC
+``F(s)`` per Fourier shell ``s`` says how well the subset reproduces itself; the full
+average's expected correlation with the true structure is ``C(s) = sqrt(2F / (1 + F))``. Two
+averages of one structure, aligned, then have an expected FSC of ``C_A(s) C_B(s)``; the
+**same-structure ratio** of a pair is the FSC they reach over the shells both resolve (FSC of
+each half-set pair >= 0.143), summed, divided by that expected sum. It is near 1 for two
+averages of one structure whatever their particle counts and resolutions, and lower for
+different structures.
+
+**Calibration.** Alignment and interpolation cost a little of the expected FSC. Each subset
+measures that loss on itself: its second half-map, turned by a random rotation, is aligned
+back onto the first by the same search, and the ratio of their FSC to ``F`` is its *self
+ratio* (near 1, below by what alignment loses at that resolution). The threshold of
+"same structure" is a low quantile (``calibration_quantile``) of the self ratios of all
+subsets: a pair is one structure when it agrees as well as the data's own half-sets, aligned
+the same way, do. No number is tuned to a dataset.
+
+**Merging** is agglomerative: the pair with the highest ratio above the threshold merges
+(the second's half-maps turned onto the first and summed with particle-count weights, so the
+merged half-maps stay independent), the merged average is compared again with every other,
+and merging stops when no pair reaches the threshold. The number of structures is not an
+input.
+
+**Known or novel.** A reference map is a model, not a second average: it lacks what every
+average of the data shares (the same reference-free alignment, pseudo-symmetry, edge and
+interpolation effects), so the pair ratio cannot judge it (a 40³ average of 4v1w whose
+half-maps agree at FSC 0.99 agrees with the 4v1w map at 0.8 on every shell, and the pair
+ratio calls the map different). A structure is compared with each reference as a map with
+its model (Rosenthal & Henderson 2003): the **reference score** is the last shell where
+their FSC is >= 0.5 divided by the last shell where the structure's half-set FSC is >=
+0.143 (for a perfect model the two coincide: ``C = 0.5`` where ``F = 0.143``). The structure
+is ``novel`` when no reference reaches ``1 / reference_resolution_factor`` (the reference
+explains the map to within that factor of the map's own resolution).
+
+Volumes are (n, n, n) float32 indexed [z, y, x], bright density; ``coverage`` masks are
+(n, n, n // 2 + 1) 0/1 in rfftn layout (what each average observed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tomosift.discovery.align import (
+    Alignment,
+    AlignSettings,
+    Prepared,
+    align_prepared,
+    prepare,
+    rotate_mask,
+)
+from tomosift.discovery.fsc import fsc_curve, soft_sphere_mask
+from tomosift.discovery.refine import last_shell_above
+from tomosift.discovery.rotations import transform_volume
+from tomosift.errors import TomosiftError
+
+#: Half-set FSC threshold of a resolved shell (gold standard).
+RESOLVED_FSC = 0.143
+#: A subset average must resolve at least this many shells to be compared.
+MIN_RESOLVED_SHELLS = 2
+
+
+@dataclass(frozen=True)
+class CensusSettings:
+    """How a census averages, compares and merges.
+
+    Attributes:
+        min_members: subsets with fewer members are listed as unresolved, not averaged.
+        max_members: members averaged per subset (a seeded subsample; None = all).
+        iterations: refinement iterations of each subset's average.
+        calibration_quantile: the same-structure threshold is this quantile of the subsets'
+            self ratios (see the module docstring).
+        reference_resolution_factor: a reference explains a structure when their FSC stays
+            >= 0.5 up to at least 1 / this of the shells the structure resolves.
+        seed: seeds the subsamples, half-set splits and calibration rotations.
+        workers: threads of the refinement and of the pairwise alignments.
+        align: the search of the pairwise alignments.
+    """
+
+    min_members: int = 10
+    max_members: int | None = 100
+    iterations: int = 2
+    calibration_quantile: float = 0.1
+    reference_resolution_factor: float = 2.0
+    seed: int = 1
+    workers: int = 1
+    align: AlignSettings = field(default_factory=AlignSettings)
+
+    def __post_init__(self) -> None:
+        if self.min_members < 2:
+            raise TomosiftError(f"min_members must be >= 2 (two half-sets), got "
+                                f"{self.min_members}")
+        if self.max_members is not None and self.max_members < self.min_members:
+            raise TomosiftError(f"max_members ({self.max_members}) must be >= min_members "
+                                f"({self.min_members})")
+        if not 0.0 <= self.calibration_quantile <= 1.0:
+            raise TomosiftError(f"calibration_quantile must be in [0, 1], got "
+                                f"{self.calibration_quantile}")
+        if self.reference_resolution_factor < 1.0:
+            raise TomosiftError(f"reference_resolution_factor must be >= 1, got "
+                                f"{self.reference_resolution_factor}")
+
+
+@dataclass
+class SubsetAverage:
+    """One average: a subset's, or several merged.
+
+    Attributes:
+        halves: (2, n, n, n) float32 independent half-maps.
+        coverage: (n, n, n // 2 + 1) float32 0/1 Fourier coverage of the average.
+        particles: particles averaged.
+        subsets: the subset numbers it holds.
+    """
+
+    halves: np.ndarray
+    coverage: np.ndarray
+    particles: int
+    subsets: list[int]
+    _prepared: Prepared | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def average(self) -> np.ndarray:
+        return (0.5 * (self.halves[0] + self.halves[1])).astype(np.float32)
+
+    @property
+    def half_fsc(self) -> np.ndarray:
+        """(n // 2 + 1,) FSC between the half-maps (soft spherical mask)."""
+        return masked_fsc(self.halves[0], self.halves[1])
+
+    @property
+    def resolved_shell(self) -> int:
+        """The last shell whose half-set FSC is >= 0.143 (0 = none)."""
+        return last_shell_above(self.half_fsc, RESOLVED_FSC)
+
+    def prepared(self, settings: AlignSettings) -> Prepared:
+        if self._prepared is None:
+            self._prepared = prepare(self.average, self.coverage, settings)
+        return self._prepared
+
+
+def masked_fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n // 2 + 1,) FSC of two maps under the soft spherical mask of the FSC module."""
+    return fsc_curve(a, b, soft_sphere_mask(a.shape[0]))[1]
+
+
+def expected_correlation(half_fsc: np.ndarray) -> np.ndarray:
+    """(S,) the full average's expected FSC with its true structure, ``sqrt(2F / (1 + F))``
+    per shell from its half-set FSC ``F`` (0 where F <= 0)."""
+    f = np.clip(np.asarray(half_fsc, dtype=np.float64), 0.0, 1.0)
+    return np.sqrt(2.0 * f / (1.0 + f))
+
+
+def agreement_ratio(fsc: np.ndarray, expected: np.ndarray, top_shell: int) -> float:
+    """sum of ``fsc`` over shells 1 .. top_shell divided by the sum of ``expected`` there."""
+    shells = slice(1, top_shell + 1)
+    denominator = float(np.sum(expected[shells]))
+    if top_shell < 1 or denominator <= 0:
+        return 0.0
+    return float(np.sum(fsc[shells])) / denominator
+
+
+def _turned(volume: np.ndarray, alignment: Alignment) -> np.ndarray:
+    return transform_volume(volume, alignment.rotation, alignment.shift_voxels)
+
+
+def self_ratio(average: SubsetAverage, settings: AlignSettings,
+               rng: np.random.Generator) -> float:
+    """The subset's own agreement after alignment: its second half-map turned by a random
+    rotation, aligned back onto the first, FSC over the shells it resolves divided by its
+    half-set FSC there (1 = alignment loses nothing)."""
+    from scipy.spatial.transform import Rotation
+
+    top = average.resolved_shell
+    if top < MIN_RESOLVED_SHELLS:
+        return float("nan")
+    rotation = Rotation.random(random_state=rng).as_matrix()
+    first, second = average.halves
+    turned = transform_volume(second, rotation)
+    turned_coverage = rotate_mask(average.coverage, rotation)
+    alignment = align_prepared(prepare(first, average.coverage, settings),
+                               prepare(turned, turned_coverage, settings), settings)
+    fsc = masked_fsc(first, _turned(turned, alignment))
+    return agreement_ratio(fsc, average.half_fsc, top)
+
+
+def pair_ratio(first: SubsetAverage, second: SubsetAverage, settings: AlignSettings
+               ) -> tuple[float, Alignment]:
+    """(same-structure ratio, the alignment of ``second`` onto ``first``) over the shells
+    both resolve."""
+    alignment = align_prepared(first.prepared(settings), second.prepared(settings), settings)
+    top = min(first.resolved_shell, second.resolved_shell)
+    fsc = masked_fsc(first.average, _turned(second.average, alignment))
+    expected = expected_correlation(first.half_fsc) * expected_correlation(second.half_fsc)
+    return agreement_ratio(fsc, expected, top), alignment
+
+
+def reference_score(structure: SubsetAverage, reference: np.ndarray,
+                    settings: AlignSettings) -> float:
+    """The reference aligned onto the structure: the last shell of their FSC >= 0.5 over the
+    last shell of the structure's half-set FSC >= 0.143 (1 = the reference explains the map
+    to its own resolution)."""
+    alignment = align_prepared(structure.prepared(settings), prepare(reference, None, settings),
+                               settings)
+    fsc = masked_fsc(structure.average, _turned(reference, alignment))
+    return last_shell_above(fsc, 0.5) / max(structure.resolved_shell, 1)
+
+
+def merge_pair(first: SubsetAverage, second: SubsetAverage, alignment: Alignment
+               ) -> SubsetAverage:
+    """``second`` turned onto ``first`` and summed half by half with particle-count weights."""
+    total = first.particles + second.particles
+    halves = np.stack([(first.particles * a + second.particles * _turned(b, alignment)) / total
+                       for a, b in zip(first.halves, second.halves, strict=True)])
+    coverage = np.maximum(first.coverage, rotate_mask(second.coverage, alignment.rotation))
+    return SubsetAverage(halves.astype(np.float32), coverage.astype(np.float32), total,
+                         sorted(first.subsets + second.subsets))
+
+
+@dataclass
+class MergeResult:
+    """The census of a set of subset averages.
+
+    Attributes:
+        structures: the merged averages, largest first.
+        threshold: the same-structure ratio threshold (from the calibration).
+        self_ratios: (A,) each input average's self ratio (nan if it resolved too little).
+        pair_ratios: (A, A) the ratio of every pair of input averages (nan on the diagonal).
+        merges: (first subsets, second subsets, ratio) in the order they merged.
+    """
+
+    structures: list[SubsetAverage]
+    threshold: float
+    self_ratios: np.ndarray
+    pair_ratios: np.ndarray
+    merges: list[tuple[list[int], list[int], float]]
+
+
+def _map(function: Callable, items: Sequence, workers: int) -> list:
+    if workers <= 1 or len(items) < 2:
+        return [function(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, items))
+
+
+def calibrate(averages: Sequence[SubsetAverage], settings: CensusSettings
+              ) -> tuple[float, np.ndarray]:
+    """(threshold, (A,) self ratios): the ``calibration_quantile`` of the self ratios."""
+    seeds = np.random.SeedSequence(settings.seed).spawn(len(averages))
+    ratios = np.array(_map(lambda item: self_ratio(item[0], settings.align,
+                                                   np.random.default_rng(item[1])),
+                           list(zip(averages, seeds, strict=True)), settings.workers))
+    finite = ratios[np.isfinite(ratios)]
+    if finite.size == 0:
+        raise TomosiftError(f"no subset average resolves {MIN_RESOLVED_SHELLS} Fourier shells "
+                            f"at half-set FSC {RESOLVED_FSC}: nothing to calibrate against")
+    return float(np.quantile(finite, settings.calibration_quantile)), ratios
+
+
+def merge_averages(averages: Sequence[SubsetAverage], settings: CensusSettings,
+                   progress: Callable[[str], None] | None = None) -> MergeResult:
+    """Calibrate, compare every pair and merge agglomeratively (module docstring). Averages
+    that resolve fewer than :data:`MIN_RESOLVED_SHELLS` shells stay single structures."""
+    threshold, self_ratios = calibrate(averages, settings)
+    n = len(averages)
+    nodes: dict[int, SubsetAverage] = dict(enumerate(averages))
+    comparable = {i for i, a in nodes.items() if a.resolved_shell >= MIN_RESOLVED_SHELLS}
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)
+             if i in comparable and j in comparable]
+    if progress:
+        progress(f"threshold {threshold:.3f} from {np.isfinite(self_ratios).sum()} self "
+                 f"ratios; {len(pairs)} pairs to align")
+    found = _map(lambda p: pair_ratio(nodes[p[0]], nodes[p[1]], settings.align), pairs,
+                 settings.workers)
+    scores = {pair: result for pair, result in zip(pairs, found, strict=True)}
+    pair_ratios = np.full((n, n), np.nan)
+    for (i, j), (ratio, _) in scores.items():
+        pair_ratios[i, j] = pair_ratios[j, i] = ratio
+    merges = []
+    next_id = n
+    while scores:
+        (i, j), (ratio, alignment) = max(scores.items(), key=lambda item: item[1][0])
+        if ratio < threshold:
+            break
+        merged = merge_pair(nodes[i], nodes[j], alignment)
+        merges.append((nodes[i].subsets, nodes[j].subsets, ratio))
+        del nodes[i], nodes[j]
+        scores = {p: r for p, r in scores.items() if i not in p and j not in p}
+        others = sorted(k for k in nodes if k in comparable)
+        comparable.add(next_id)
+        if merged.resolved_shell >= MIN_RESOLVED_SHELLS:
+            found = _map(lambda k, new=merged: pair_ratio(nodes[k], new, settings.align),
+                         others, settings.workers)
+            scores.update({(k, next_id): r for k, r in zip(others, found, strict=True)})
+        nodes[next_id] = merged
+        next_id += 1
+        if progress:
+            progress(f"merged subsets {merges[-1][0]} + {merges[-1][1]} (ratio {ratio:.3f}); "
+                     f"{len(nodes)} structures")
+    structures = sorted(nodes.values(), key=lambda a: (-a.particles, a.subsets[0]))
+    return MergeResult(structures, threshold, self_ratios, pair_ratios, merges)
+
+
+def nearest_references(structures: Sequence[SubsetAverage], references: dict[str, np.ndarray],
+                       settings: CensusSettings) -> list[tuple[str, float]]:
+    """Per structure (the reference with the highest :func:`reference_score`, that score);
+    ("", nan) without references or for a structure that resolves too little to compare."""
+    if not references:
+        return [("", float("nan"))] * len(structures)
+    names = list(references)
+
+    def nearest(structure: SubsetAverage) -> tuple[str, float]:
+        if structure.resolved_shell < MIN_RESOLVED_SHELLS:
+            return "", float("nan")
+        scores = [reference_score(structure, references[name], settings.align)
+                  for name in names]
+        best = int(np.argmax(scores))
+        return names[best], float(scores[best])
+
+    return _map(nearest, list(structures), settings.workers)
+
+
+def is_novel(reference_score_value: float, settings: CensusSettings) -> bool:
+    """True when the nearest reference does not explain the structure (nan: no reference)."""
+    return not reference_score_value >= 1.0 / settings.reference_resolution_factor

@@ -1,0 +1,291 @@
+"""``tomosift census``: how many distinct structures a subdivision holds, which are known and
+which are new (the comparison and merging: :mod:`tomosift.discovery.census`).
+
+Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its dataset,
+``subsets/all.star``) and writes to ``out_dir``:
+
+- ``subsets/subset_<sss>_half1.mrc``, ``_half2.mrc``, ``_coverage.npy``: each subset's
+  half-averages (reused by a rerun when newer than ``clusters.tsv``);
+- ``census.tsv``: one row per structure (``structure``, ``subsets``, ``particles``,
+  ``resolution_nm`` (half-set FSC 0.143), ``nearest_reference``, ``reference_score``,
+  ``novel``);
+- ``members.tsv``: one row per particle of the subdivision (``index``, ``subset``,
+  ``structure``; 0 for the members of subsets too small to average);
+- ``unresolved.tsv``: the subsets too small to average (``subset``, ``members``);
+- ``structures/structure_<nnn>.mrc`` with ``_half1``/``_half2`` and ``.star`` (the members'
+  rows of ``subsets/all.star``, ``rlnClassNumber`` = structure);
+- ``census.png`` (central slices, novel structures marked), ``similarity.png`` (the pair
+  ratios of the subsets, grouped by structure), ``census.json`` (calibration and merges).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tomosift.discovery.census import (
+    CensusSettings,
+    MergeResult,
+    SubsetAverage,
+    is_novel,
+    merge_averages,
+    nearest_references,
+)
+from tomosift.errors import TomosiftError
+
+REFERENCE_SUFFIXES = (".mrc", ".map", ".mrcs")
+
+
+@dataclass
+class CensusResult:
+    """What :func:`census` found: the table rows, the merge result and the output files."""
+
+    table: object  # pandas.DataFrame, the rows of census.tsv
+    merged: MergeResult
+    unresolved: list[int]
+    files: dict
+
+
+def _data_path(folder: Path, data_path: str | os.PathLike | None) -> Path:
+    if data_path is not None:
+        return Path(data_path)
+    made_from = folder / "subdivide.json"
+    candidates = []
+    if made_from.is_file():
+        named = Path(json.loads(made_from.read_text())["data"])
+        candidates += [named, folder / named]
+    candidates.append(folder / "particles.h5")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise TomosiftError(f"{folder}: its dataset was not found (subdivide.json names "
+                        f"{candidates[0]}); give it with --data")
+
+
+def read_references(paths: list[str | os.PathLike], voxel_size_nm: float, box: int
+                    ) -> dict[str, np.ndarray]:
+    """Reference maps (files or folders of MRC maps), name (file stem) -> (box,)*3 map, each
+    centred in or cut to the data's box; a voxel size other than the data's is refused."""
+    from tomosift.discovery.particles import same_voxel
+    from tomosift.io import read_mrc
+
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in REFERENCE_SUFFIXES)
+            if not found:
+                raise TomosiftError(f"{path}: no reference maps (.mrc, .map) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TomosiftError(f"{path}: reference map not found")
+    references = {}
+    for path in files:
+        volume, voxel = read_mrc(path)
+        if not same_voxel(voxel, voxel_size_nm):
+            raise TomosiftError(f"{path}: voxel size {voxel:.4g} nm differs from the "
+                                f"subdivided data's {voxel_size_nm:.4g} nm")
+        if volume.ndim != 3 or len(set(volume.shape)) != 1:
+            raise TomosiftError(f"{path}: not a cubic map (shape {volume.shape})")
+        references[path.stem] = _fit_box(np.asarray(volume, dtype=np.float32), box)
+    return references
+
+
+def _fit_box(volume: np.ndarray, box: int) -> np.ndarray:
+    """Centre-crop or zero-pad a cube to ``box`` voxels (centre n // 2 kept on box // 2)."""
+    n = volume.shape[0]
+    out = np.zeros((box,) * 3, dtype=np.float32)
+    src = slice(max(0, n // 2 - box // 2), max(0, n // 2 - box // 2) + min(n, box))
+    dst = slice(max(0, box // 2 - n // 2), max(0, box // 2 - n // 2) + min(n, box))
+    out[dst, dst, dst] = volume[src, src, src]
+    return out
+
+
+def _subset_average(data: Path, out: Path, number: int, members: np.ndarray,
+                    settings: CensusSettings, newer_than: float, progress: bool
+                    ) -> tuple[SubsetAverage, float]:
+    """The subset's half-averages, computed or reused from ``out/subsets``."""
+    from tomosift.io import atomic_path, read_mrc, write_mrc
+    from tomosift.subdivide.averages import average_members
+
+    stem = out / "subsets" / f"subset_{number:03d}"
+    halves_paths = [stem.with_name(f"{stem.name}_half{h}.mrc") for h in (1, 2)]
+    coverage_path = stem.with_name(f"{stem.name}_coverage.npy")
+    if all(p.is_file() and p.stat().st_mtime >= newer_than
+           for p in (*halves_paths, coverage_path)):
+        halves = [read_mrc(p) for p in halves_paths]
+        voxel = halves[0][1]
+        return SubsetAverage(np.stack([h[0] for h in halves]).astype(np.float32),
+                             np.load(coverage_path), len(members), [number]), voxel
+    result, voxel = average_members(data, members, settings.iterations, settings.seed,
+                                    settings.workers, progress)
+    for path, half in zip(halves_paths, result.half_maps[0], strict=True):
+        write_mrc(path, half, voxel)
+    coverage = result.observed(0)
+    with atomic_path(coverage_path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, coverage)
+    return SubsetAverage(result.half_maps[0].astype(np.float32), coverage, len(members),
+                         [number]), voxel
+
+
+def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
+           references: list[str | os.PathLike] | None = None,
+           settings: CensusSettings | None = None,
+           data_path: str | os.PathLike | None = None, progress: bool = True) -> CensusResult:
+    """Average every subset large enough, merge the subsets of one structure and compare
+    the structures with the references; writes the files of the module docstring."""
+    import pandas as pd
+
+    from tomosift.discovery.fsc import compute_fsc, soft_sphere_mask
+    from tomosift.subdivide.averages import seeded_members
+
+    settings = settings or CensusSettings()
+    folder, out = Path(subdivision_dir), Path(out_dir)
+    clusters_tsv = folder / "clusters.tsv"
+    if not clusters_tsv.is_file():
+        raise TomosiftError(f"{folder}: no clusters.tsv: not a subdivision folder (run "
+                            f"tomosift subdivide first)")
+    table = pd.read_csv(clusters_tsv, sep="\t")
+    indices = table["index"].to_numpy(dtype=np.int64)
+    subsets = table["cluster"].to_numpy(dtype=np.int64)
+    numbers, sizes = np.unique(subsets, return_counts=True)
+    eligible = [int(n) for n, s in zip(numbers, sizes, strict=True) if s >= settings.min_members]
+    unresolved = [int(n) for n in numbers if int(n) not in eligible]
+    if not eligible:
+        raise TomosiftError(f"{clusters_tsv}: no subset has {settings.min_members} members to "
+                            f"average (the largest has {sizes.max()}); lower --min-members")
+    data = _data_path(folder, data_path)
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
+    averages, voxel = [], None
+    for count, number in enumerate(eligible, 1):
+        members = seeded_members(indices[subsets == number], settings.max_members,
+                                 settings.seed, number)
+        if say:
+            say(f"averaging subset {number} ({count}/{len(eligible)}, {len(members)} members)")
+        average, voxel = _subset_average(data, out, number, members, settings,
+                                         clusters_tsv.stat().st_mtime, False)
+        averages.append(average)
+    box = averages[0].halves.shape[-1]
+    reference_maps = read_references(list(references or []), voxel, box)
+    merged = merge_averages(averages, settings, progress=say)
+    nearest = nearest_references(merged.structures, reference_maps, settings)
+    size_of = dict(zip(numbers.tolist(), sizes.tolist(), strict=True))
+    rows, structure_of = [], {}
+    for number, (structure, (name, score)) in enumerate(
+            zip(merged.structures, nearest, strict=True), 1):
+        for subset in structure.subsets:
+            structure_of[subset] = number
+        resolution = compute_fsc(structure.halves[0], structure.halves[1], voxel,
+                                 soft_sphere_mask(box)).resolution_0143_nm
+        rows.append({"structure": number, "subsets": ",".join(map(str, structure.subsets)),
+                     "particles": sum(size_of[s] for s in structure.subsets),
+                     "resolution_nm": round(resolution, 3),
+                     "nearest_reference": name,
+                     "reference_score": round(score, 3) if np.isfinite(score) else np.nan,
+                     "novel": is_novel(score, settings) if reference_maps else True})
+    frame = pd.DataFrame(rows)
+    files = _write_outputs(out, folder, frame, merged, structure_of, unresolved, indices,
+                           subsets, size_of, voxel, settings, eligible)
+    return CensusResult(frame, merged, unresolved, files)
+
+
+def summary_lines(frame, unresolved: list[int], threshold: float) -> list[str]:
+    """A few lines for the terminal and the log."""
+    novel = int(frame["novel"].sum())
+    averaged = sum(len(s.split(",")) for s in frame["subsets"])
+    return [f"{len(frame)} structures ({novel} novel) in {averaged} subsets; "
+            f"{len(unresolved)} subsets too small to average; same-structure threshold "
+            f"{threshold:.3f}"]
+
+
+def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structure_of: dict,
+                   unresolved: list[int], indices: np.ndarray, subsets: np.ndarray,
+                   size_of: dict, voxel: float,
+                   settings: CensusSettings, order: list[int]) -> dict:
+    import pandas as pd
+
+    from tomosift.io import write_mrc, write_star, write_text
+
+    files = {"census": out / "census.tsv", "members": out / "members.tsv",
+             "unresolved": out / "unresolved.tsv", "gallery": out / "census.png",
+             "similarity": out / "similarity.png", "made_from": out / "census.json",
+             "structures": []}
+    write_text(files["census"], frame.to_csv(sep="\t", index=False, na_rep="nan"))
+    members = pd.DataFrame({"index": indices, "subset": subsets,
+                            "structure": [structure_of.get(int(s), 0) for s in subsets]})
+    write_text(files["members"], members.to_csv(sep="\t", index=False))
+    write_text(files["unresolved"], pd.DataFrame(
+        {"subset": unresolved, "members": [size_of[s] for s in unresolved]},
+        dtype=np.int64).to_csv(sep="\t", index=False))
+    blocks = _read_all_star(folder / "subsets" / "all.star", len(subsets))
+    for number, structure in enumerate(merged.structures, 1):
+        stem = out / "structures" / f"structure_{number:03d}"
+        write_mrc(stem.with_suffix(".mrc"), structure.average, voxel)
+        for h, half in enumerate(structure.halves, 1):
+            write_mrc(stem.with_name(f"{stem.name}_half{h}.mrc"), half, voxel)
+        files["structures"].append(stem.with_suffix(".mrc"))
+        if blocks is not None:
+            rows = blocks["particles"][np.isin(subsets, structure.subsets)].copy()
+            rows["rlnClassNumber"] = number
+            write_star(stem.with_suffix(".star"),
+                       {**blocks, "particles": rows.reset_index(drop=True)})
+    _plot_gallery(files["gallery"], frame, merged.structures, voxel)
+    _plot_similarity(files["similarity"], merged, structure_of, order)
+    made_from = {"settings": {k: v for k, v in asdict(settings).items() if k != "align"},
+                 "threshold": merged.threshold,
+                 "self_ratios": {str(s): (None if not np.isfinite(r) else round(float(r), 4))
+                                 for s, r in zip(order, merged.self_ratios, strict=True)},
+                 "merges": [{"first": a, "second": b, "ratio": round(r, 4)}
+                            for a, b, r in merged.merges]}
+    write_text(files["made_from"], json.dumps(made_from, indent=1) + "\n")
+    return files
+
+
+def _read_all_star(path: Path, n_rows: int) -> dict | None:
+    """The blocks of the subdivision's ``subsets/all.star`` (its particle rows in the order
+    of ``clusters.tsv``), or None without it."""
+    if not path.is_file():
+        return None
+    import starfile
+
+    blocks = starfile.read(path, always_dict=True)
+    if "particles" not in blocks or len(blocks["particles"]) != n_rows:
+        raise TomosiftError(f"{path}: does not list the {n_rows} particles of clusters.tsv "
+                            f"beside it")
+    return blocks
+
+
+def _plot_gallery(path: Path, frame, structures: list[SubsetAverage], voxel: float) -> None:
+    from tomosift.plots import density_montage
+
+    names = [f"S{row.structure}: {row.particles} particles, {row.resolution_nm:.1f} nm"
+             + (" NOVEL" if row.novel else f" ~ {row.nearest_reference}")
+             for row in frame.itertuples()]
+    density_montage(names, [s.average for s in structures], voxel, path)
+
+
+def _plot_similarity(path: Path, merged: MergeResult, structure_of: dict, order: list[int]
+                     ) -> None:
+    import matplotlib.pyplot as plt
+
+    from tomosift.plots import save_figure
+
+    ranks = sorted(range(len(order)), key=lambda i: (structure_of[order[i]], order[i]))
+    matrix = merged.pair_ratios[np.ix_(ranks, ranks)]
+    size = max(4.0, 0.12 * len(order) + 2.0)
+    figure, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.1, interpolation="nearest")
+    labels = [f"{order[i]} (S{structure_of[order[i]]})" for i in ranks]
+    if len(labels) <= 40:
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    figure.colorbar(image, ax=ax, label="same-structure ratio")
+    ax.set_title(f"subset pairs, grouped by structure (same at >= {merged.threshold:.2f})",
+                 fontsize=9)
+    save_figure(figure, path)
