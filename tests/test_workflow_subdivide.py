@@ -1,5 +1,5 @@
 """The user's path through Snakemake on a tiny config: simulated tomograms -> picks ->
-subtomograms -> features in shards -> subsets as RELION 5 STAR files -> averages."""
+subtomograms -> features in shards -> subsets as RELION 5 STAR files -> averages -> census."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ subdivide:
   average_members: 5
   average_iterations: 1
   embedding_points: 12
+  census: {min_members: 2, max_members: 5}
 """
 
 
@@ -88,7 +89,15 @@ def test_tomograms_become_relion_subsets(subdivided):
         assert read_mrc(averages[0].with_name(f"{averages[0].stem}_half{half}.mrc"))[0].std() > 0
     resolution = pd.read_csv(results / "averages/resolution.tsv", sep="\t")
     assert len(resolution) == 1 and resolution["resolution_0143_nm"].iloc[0] >= 2 * 0.92
-    for figure in ("cluster_sizes.png", "embedding.png", "averages.png"):
+    # the census: every particle in a subset and a structure (or unresolved), maps per structure
+    census = pd.read_csv(results / "census/census.tsv", sep="\t")
+    members = pd.read_csv(results / "census/members.tsv", sep="\t")
+    assert len(members) == n and set(members["structure"]) <= {0, *census["structure"]}
+    assert census["particles"].sum() == (members["structure"] > 0).sum() > 0
+    for number in census["structure"]:
+        assert (results / f"census/structures/structure_{number:03d}.star").is_file()
+    for figure in ("cluster_sizes.png", "embedding.png", "averages.png", "census/census.png",
+                   "census/similarity.png"):
         assert (results / figure).stat().st_size > 5000
     assert (subdivided / "results/logs/subdivide/features/shard-00001.log").exists()
 

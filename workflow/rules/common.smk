@@ -480,6 +480,14 @@ def sub_pick_mass_tables(wildcards=None):
     return expand(f"{SUB_DIR}/picks/{{tomo}}_by_mass.tsv", tomo=SUB_SIMULATED)
 
 
+def census_settings(threads):
+    """The keyword arguments of tomosift.discovery.census.CensusSettings from the config."""
+    census = SUB["census"]
+    keys = ("min_members", "max_members", "calibration_quantile", "reference_resolution_factor")
+    return {**{key: census[key] for key in keys}, "iterations": SUB["average_iterations"],
+            "seed": config["seed"], "workers": threads}
+
+
 def sub_targets():
     if not SUB["enabled"]:
         return []
@@ -487,6 +495,8 @@ def sub_targets():
                f"{SUB_DIR}/embedding.png"]
     if SUB["averages"]:
         targets.append(f"{SUB_DIR}/averages.png")
+    if SUB["census"]["enabled"]:
+        targets.append(f"{SUB_DIR}/census/census.tsv")
     if SUB_SIMULATED:
         targets += [f"{SUB_DIR}/picking.tsv", f"{SUB_DIR}/picking_by_mass.tsv",
                     f"{SUB_DIR}/picking_by_mass.png"]

@@ -273,6 +273,48 @@ rule subdivide_averages:
         "../scripts/subdivide_averages.py"
 
 
+rule subdivide_census:
+    input:
+        clusters=f"{SUB_DIR}/clusters.tsv",
+        made_from=f"{SUB_DIR}/subdivide.json",
+        data=f"{SUB_DIR}/particles.h5",
+        references=SUB["census"]["references"],
+    output:
+        census=report(
+            f"{SUB_DIR}/census/census.tsv",
+            caption="../report/subdivide_census.rst",
+            category="Census",
+        ),
+        members=f"{SUB_DIR}/census/members.tsv",
+        unresolved=f"{SUB_DIR}/census/unresolved.tsv",
+        made_from=f"{SUB_DIR}/census/census.json",
+        gallery=report(
+            f"{SUB_DIR}/census/census.png",
+            caption="../report/subdivide_census_gallery.rst",
+            category="Census",
+        ),
+        similarity=report(
+            f"{SUB_DIR}/census/similarity.png",
+            caption="../report/subdivide_census_similarity.rst",
+            category="Census",
+        ),
+        structures=directory(f"{SUB_DIR}/census/structures"),
+    log:
+        f"{LOGS}/subdivide/census.log",
+    params:
+        subdivision=lambda wildcards, input: Path(input.clusters).parent,
+        out_dir=lambda wildcards, output: Path(output.census).parent,
+        settings=lambda wildcards, threads: census_settings(threads),
+    threads: SUB["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/subdivide_census.py"
+
+
 rule subdivide:
     input:
         sub_targets(),

@@ -251,15 +251,15 @@ def _map(function: Callable, items: Sequence, workers: int) -> list:
 
 def calibrate(averages: Sequence[SubsetAverage], settings: CensusSettings
               ) -> tuple[float, np.ndarray]:
-    """(threshold, (A,) self ratios): the ``calibration_quantile`` of the self ratios."""
+    """(threshold, (A,) self ratios): the ``calibration_quantile`` of the self ratios (nan
+    when no average resolves :data:`MIN_RESOLVED_SHELLS` shells)."""
     seeds = np.random.SeedSequence(settings.seed).spawn(len(averages))
     ratios = np.array(_map(lambda item: self_ratio(item[0], settings.align,
                                                    np.random.default_rng(item[1])),
                            list(zip(averages, seeds, strict=True)), settings.workers))
     finite = ratios[np.isfinite(ratios)]
-    if finite.size == 0:
-        raise TomosiftError(f"no subset average resolves {MIN_RESOLVED_SHELLS} Fourier shells "
-                            f"at half-set FSC {RESOLVED_FSC}: nothing to calibrate against")
+    if finite.size == 0:  # nothing reproducible enough to compare: nothing merges
+        return float("nan"), ratios
     return float(np.quantile(finite, settings.calibration_quantile)), ratios
 
 
@@ -270,7 +270,8 @@ def merge_averages(averages: Sequence[SubsetAverage], settings: CensusSettings,
     threshold, self_ratios = calibrate(averages, settings)
     n = len(averages)
     nodes: dict[int, SubsetAverage] = dict(enumerate(averages))
-    comparable = {i for i, a in nodes.items() if a.resolved_shell >= MIN_RESOLVED_SHELLS}
+    comparable = {i for i, a in nodes.items() if a.resolved_shell >= MIN_RESOLVED_SHELLS
+                  and np.isfinite(threshold)}
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)
              if i in comparable and j in comparable]
     if progress:

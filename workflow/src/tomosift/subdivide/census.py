@@ -159,7 +159,8 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
     unresolved = [int(n) for n in numbers if int(n) not in eligible]
     if not eligible:
         raise TomosiftError(f"{clusters_tsv}: no subset has {settings.min_members} members to "
-                            f"average (the largest has {sizes.max()}); lower --min-members")
+                            f"average (the largest has {sizes.max()}); lower the minimum "
+                            f"(--min-members, subdivide.census.min_members)")
     data = _data_path(folder, data_path)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
     averages, voxel = [], None
@@ -199,9 +200,13 @@ def summary_lines(frame, unresolved: list[int], threshold: float) -> list[str]:
     """A few lines for the terminal and the log."""
     novel = int(frame["novel"].sum())
     averaged = sum(len(s.split(",")) for s in frame["subsets"])
-    return [f"{len(frame)} structures ({novel} novel) in {averaged} subsets; "
-            f"{len(unresolved)} subsets too small to average; same-structure threshold "
-            f"{threshold:.3f}"]
+    lines = [f"{len(frame)} structures ({novel} novel) in {averaged} subsets; "
+             f"{len(unresolved)} subsets too small to average; same-structure threshold "
+             f"{threshold:.3f}"]
+    if not np.isfinite(threshold):
+        lines.append("warning: no subset average resolves 2 Fourier shells at half-set FSC "
+                     "0.143: nothing could be compared, each subset is its own structure")
+    return lines
 
 
 def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structure_of: dict,
