@@ -4,8 +4,9 @@ which are new (the comparison and merging: :mod:`tomosift.discovery.census`).
 Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its dataset,
 ``subsets/all.star``) and writes to ``out_dir``:
 
-- ``subsets/subset_<sss>_half1.mrc``, ``_half2.mrc``, ``_coverage.npy``: each subset's
-  half-averages (reused by a rerun when newer than ``clusters.tsv``);
+- ``subsets/subset_<sss>_half1.mrc``, ``_half2.mrc``, ``_coverage.npy``, ``.json``: each
+  subset's half-averages (reused by a rerun with the same members, dataset, iterations and
+  seed, when newer than ``clusters.tsv``);
 - ``census.tsv``: one row per structure (``structure``, ``subsets``, ``particles``,
   ``resolution_nm`` (half-set FSC 0.143), ``nearest_reference``, ``reference_score``,
   ``novel``);
@@ -111,14 +112,22 @@ def _subset_average(data: Path, out: Path, number: int, members: np.ndarray,
                     settings: CensusSettings, newer_than: float, progress: bool
                     ) -> tuple[SubsetAverage, float]:
     """The subset's half-averages, computed or reused from ``out/subsets``."""
-    from tomosift.io import atomic_path, read_mrc, write_mrc
+    import hashlib
+
+    from tomosift.io import atomic_path, read_mrc, write_mrc, write_text
     from tomosift.subdivide.averages import average_members
 
     stem = out / "subsets" / f"subset_{number:03d}"
     halves_paths = [stem.with_name(f"{stem.name}_half{h}.mrc") for h in (1, 2)]
     coverage_path = stem.with_name(f"{stem.name}_coverage.npy")
-    if all(p.is_file() and p.stat().st_mtime >= newer_than
-           for p in (*halves_paths, coverage_path)):
+    made_from_path = stem.with_name(f"{stem.name}.json")
+    made_from = json.dumps({"data": str(data), "iterations": settings.iterations,
+                            "seed": settings.seed,
+                            "members": hashlib.sha256(np.asarray(members, dtype=np.int64)
+                                                      .tobytes()).hexdigest()})
+    if (made_from_path.is_file() and made_from_path.read_text() == made_from
+            and all(p.is_file() and p.stat().st_mtime >= newer_than
+                    for p in (*halves_paths, coverage_path))):
         halves = [read_mrc(p) for p in halves_paths]
         voxel = halves[0][1]
         return SubsetAverage(np.stack([h[0] for h in halves]).astype(np.float32),
@@ -130,6 +139,7 @@ def _subset_average(data: Path, out: Path, number: int, members: np.ndarray,
     coverage = result.observed(0)
     with atomic_path(coverage_path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, coverage)
+    write_text(made_from_path, made_from)  # last: the others are complete
     return SubsetAverage(result.half_maps[0].astype(np.float32), coverage, len(members),
                          [number]), voxel
 

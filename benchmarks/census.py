@@ -1,0 +1,119 @@
+"""Structure census against the truth: does it count the structures, find the held-out ones
+and call them novel?
+
+Takes the k-means clusters of a leave-one-out run (``results/leave_one_out/clusters/<source>/
+fold_<f>.tsv``: the test particles of the dataset, clustered on the features of the network
+trained without fold f), writes them as a subdivision folder, runs ``tomosift census`` with
+the maps of the classes the network was trained on as references, and prints:
+
+- structures found against the classes present (the empty class counts as one);
+- adjusted Rand index of the census partition (members of unresolved subsets as their own
+  label) against the true classes;
+- each held-out class: found as one structure (at least half its members in one structure
+  whose majority it is) and flagged novel?
+- known classes falsely flagged novel (a novel structure whose majority is a training class);
+- each structure's majority class, purity, resolution and reference score.
+
+    TOMOSIFT_STRUCTURE_DIRS=../shared/structures:../shared/maps python benchmarks/census.py \\
+        --loo-dir results/leave_one_out --source dsrf3d-bin2-embedding --fold 1 \\
+        --data results/datasets/dose80_tilt60.h5 --densities results/densities \\
+        --out-dir results/benchmarks/census_fold1 [--max-members 50] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from machine import machine_line
+from sklearn.metrics import adjusted_rand_score
+
+from tomosift.discovery.census import CensusSettings
+from tomosift.subdivide.census import census
+
+
+def subdivision_folder(clusters_tsv: Path, data: Path, out: Path) -> Path:
+    """A subdivision folder (clusters.tsv numbered from 1, subdivide.json) of LOO clusters."""
+    table = pd.read_csv(clusters_tsv, sep="\t")
+    folder = out / "subdivision"
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"index": table["index"], "cluster": table["cluster"] + 1
+                          - table["cluster"].min(), "distance": 0.0, "class": table["class"]})
+    frame.to_csv(folder / "clusters.tsv", sep="\t", index=False)
+    (folder / "subdivide.json").write_text(json.dumps({"data": str(data)}) + "\n")
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out"))
+    parser.add_argument("--source", default="dsrf3d-bin2-embedding")
+    parser.add_argument("--fold", type=int, default=1)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--densities", type=Path, required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--max-members", type=int, default=50)
+    parser.add_argument("--min-members", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    print(machine_line())
+    folds = pd.read_csv(args.loo_dir / "folds.tsv", sep="\t")
+    held_out = sorted(folds.loc[folds["fold"] == args.fold, "class"])
+    known = sorted(set(folds["class"]) - set(held_out))
+    references = [args.densities / f"{name}.mrc" for name in known]
+    folder = subdivision_folder(args.loo_dir / "clusters" / args.source / f"fold_{args.fold}.tsv",
+                                args.data, args.out_dir)
+    started = time.time()
+    settings = CensusSettings(min_members=args.min_members, max_members=args.max_members,
+                              workers=args.threads)
+    result = census(folder, args.out_dir / "census", references, settings)
+    seconds = time.time() - started
+    truth = pd.read_csv(folder / "clusters.tsv", sep="\t")
+    members = pd.read_csv(args.out_dir / "census/members.tsv", sep="\t").merge(
+        truth[["index", "class"]], on="index")
+    table = result.table
+    present = members["class"].nunique()
+    labels = np.where(members["structure"] > 0, members["structure"],
+                      -members["subset"])  # unresolved subsets as their own labels
+    ari = adjusted_rand_score(members["class"], labels)
+    print(f"source {args.source}, fold {args.fold}: held out {', '.join(held_out)}; "
+          f"{len(known)} known classes as references; max {args.max_members} members per "
+          f"subset average, min {args.min_members}")
+    print(f"structures found: {len(table)} (classes present: {present}); unresolved subsets: "
+          f"{len(result.unresolved)}; threshold {result.merged.threshold:.3f}; ARI "
+          f"{ari:.3f}; census {seconds / 60:.1f} min")
+    rows = []
+    for row in table.itertuples():
+        inside = members[members["structure"] == row.structure]["class"]
+        majority = inside.mode()[0]
+        rows.append({"structure": row.structure, "subsets": len(str(row.subsets).split(",")),
+                     "particles": row.particles, "majority": majority,
+                     "purity": round(float((inside == majority).mean()), 3),
+                     "resolution_nm": row.resolution_nm, "nearest": row.nearest_reference,
+                     "score": row.reference_score, "novel": row.novel,
+                     "held_out": majority in held_out})
+    structures = pd.DataFrame(rows)
+    print(structures.to_string(index=False))
+    for name in held_out:
+        of_class = members[members["class"] == name]
+        counts = of_class["structure"].value_counts()
+        best = int(counts.index[0])
+        share = counts.iloc[0] / len(of_class)
+        row = structures[structures["structure"] == best]
+        one = bool(best > 0 and share >= 0.5 and (row["majority"] == name).all())
+        novel = bool(one and row["novel"].all())
+        print(f"held-out {name}: {share:.0%} of its members in structure {best}; found as one "
+              f"structure: {one}; flagged novel: {novel}")
+    false_novel = sorted(set(structures.loc[structures["novel"] & ~structures["held_out"],
+                                            "majority"]) - {"empty"})
+    print(f"known classes falsely flagged novel: {len(false_novel)} ({', '.join(false_novel)})")
+    structures.to_csv(args.out_dir / "structures_vs_truth.tsv", sep="\t", index=False)
+
+
+if __name__ == "__main__":
+    main()
