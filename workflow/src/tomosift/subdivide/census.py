@@ -154,6 +154,7 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     from tomosift.discovery.fsc import compute_fsc, soft_sphere_mask
     from tomosift.subdivide.averages import seeded_members
+    from tomosift.subdivide.shards import data_geometry
 
     settings = settings or CensusSettings()
     folder, out = Path(subdivision_dir), Path(out_dir)
@@ -172,8 +173,13 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
                             f"average (the largest has {sizes.max()}); lower the minimum "
                             f"(--min-members, subdivide.census.min_members)")
     data = _data_path(folder, data_path)
+    geometry = data_geometry(data)
+    voxel = geometry["voxel_size_nm"]
+    # references checked before the long averaging, when the dataset names its voxel size
+    reference_maps = (read_references(list(references or []), voxel, geometry["box"])
+                      if voxel is not None else None)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
-    averages, voxel = [], None
+    averages = []
     for count, number in enumerate(eligible, 1):
         members = seeded_members(indices[subsets == number], settings.max_members,
                                  settings.seed, number)
@@ -183,7 +189,8 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                          clusters_tsv.stat().st_mtime, False)
         averages.append(average)
     box = averages[0].halves.shape[-1]
-    reference_maps = read_references(list(references or []), voxel, box)
+    if reference_maps is None:
+        reference_maps = read_references(list(references or []), voxel, box)
     merged = merge_averages(averages, settings, progress=say)
     nearest = nearest_references(merged.structures, reference_maps, settings)
     size_of = dict(zip(numbers.tolist(), sizes.tolist(), strict=True))
