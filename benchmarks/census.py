@@ -43,7 +43,10 @@ def subdivision_folder(clusters_tsv: Path, data: Path, out: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"index": table["index"], "cluster": table["cluster"] + 1
                           - table["cluster"].min(), "distance": 0.0, "class": table["class"]})
-    frame.to_csv(folder / "clusters.tsv", sep="\t", index=False)
+    text = frame.to_csv(sep="\t", index=False)
+    target = folder / "clusters.tsv"
+    if not target.is_file() or target.read_text() != text:  # a rerun reuses the averages
+        target.write_text(text)
     (folder / "subdivide.json").write_text(json.dumps({"data": str(data)}) + "\n")
     return folder
 

@@ -33,29 +33,33 @@ def maps(structure_path):
             for name in ("1u6g", "4v1w")}
 
 
-def _subset_average(volume, seed, number):
+def _subset_average(volume, seed, number, count=PER_SUBSET):
     """A subset of noisy (SNR 0.1), wedge-masked (±60°) particles in random poses, averaged
     reference-free as two half-maps."""
     rng = np.random.default_rng(seed)
     mask = wedge_mask(volume.shape[0])
     particles = []
-    for _ in range(PER_SUBSET):
+    for _ in range(count):
         moved = transform_volume(volume, Rotation.random(random_state=rng).as_matrix(),
                                  rng.uniform(-3, 3, 3))
         noisy = moved + rng.normal(0, np.sqrt(moved.var() / SNR), moved.shape)
         particles.append(apply_mask(noisy, mask))
     result = classify(np.stack(particles).astype(np.float32),
                       ClassifySettings(classes=1, iterations=2, workers=2), progress=False)
-    return SubsetAverage(result.half_maps[0], result.observed(0), PER_SUBSET, [number])
+    return SubsetAverage(result.half_maps[0], result.observed(0), count, [number])
 
 
 @pytest.fixture(scope="module")
 def census_of_four(maps):
-    """Subsets 1, 2 of 1u6g and 3, 4 of 4v1w, merged."""
+    """Subsets 1, 2 of 1u6g and 3, 4 of 4v1w, merged; calibrated on two independent
+    averages of 10 particles of each complex."""
     averages = [_subset_average(maps[name], seed, number)
                 for number, (name, seed) in enumerate(
                     [("1u6g", 1), ("1u6g", 2), ("4v1w", 3), ("4v1w", 4)], 1)]
-    return merge_averages(averages, CensusSettings(workers=2))
+    calibration = [(_subset_average(maps[name], seed, 0, 10),
+                    _subset_average(maps[name], seed + 1, 0, 10))
+                   for name, seed in (("1u6g", 10), ("4v1w", 20))]
+    return merge_averages(averages, calibration, CensusSettings(workers=2))
 
 
 def test_expected_fsc_of_an_average_from_its_half_sets():
@@ -69,8 +73,9 @@ def test_expected_fsc_of_an_average_from_its_half_sets():
 def test_identical_structures_merge_and_different_ones_do_not(census_of_four):
     merged = census_of_four
     assert sorted(s.subsets for s in merged.structures) == [[1, 2], [3, 4]]
-    # the calibration: a subset's own half-maps, turned and aligned back, agree to ~1
-    assert np.all(merged.self_ratios > 0.8) and np.all(merged.self_ratios < 1.1)
+    # the calibration: two independent averages of one complex agree as predicted (~1)
+    assert len(merged.calibration_ratios) == 2
+    assert np.all(merged.calibration_ratios > 0.8) and np.all(merged.calibration_ratios < 1.1)
     ratios = merged.pair_ratios
     assert ratios[0, 1] >= merged.threshold and ratios[2, 3] >= merged.threshold
     assert np.max(ratios[:2, 2:]) < 0.7 * merged.threshold, ratios

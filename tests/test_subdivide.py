@@ -360,11 +360,12 @@ def test_batch_volumes_apply_the_sign_before_binning():
 
 def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path, capsys,
                                                         structure_path):
-    """Three complexes in 4 pure subsets (one complex split in two): the census merges them
-    into one structure per complex, finds the two given as references and calls the third
-    (1bxn, much larger) novel. The subsets are set by hand: a 1-epoch network's clusters are
-    not pure. (3hhb and 3gl1 are blobs of similar size at 24³: each map explains the other's
-    average to ~0.4-0.5 of its resolution, near the known/novel line of 0.5.)"""
+    """Three complexes in 4 pure subsets (1bxn split in two): the census merges the two 1bxn
+    subsets into one structure that holds nothing else, calls it novel when only the two
+    others are references, and writes every output. The subsets are set by hand: a 1-epoch
+    network's clusters are not pure. (3hhb and 3gl1, 60 and 38 kDa, are blobs of one size at
+    24³ from 20 particles: their pair ratio, 0.76, is above what two independent 10-particle
+    averages of either reach, 0.68-0.84, so the census may join them.)"""
     from tomosift.io import write_mrc
 
     references = tmp_path / "references"
@@ -383,17 +384,17 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
             "--threads", "2", "--min-members", "6", "--references", str(references)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "3 structures (1 novel) in 4 subsets" in printed, printed[-600:]
     table = pd.read_csv(out / "census/census.tsv", sep="\t")
     members = pd.read_csv(out / "census/members.tsv", sep="\t")
+    assert f"{len(table)} structures (1 novel) in 4 subsets" in printed, printed[-600:]
     assert sorted(members["index"]) == list(range(N))
-    assert sorted(table["subsets"].astype(str)) == ["1", "2,3", "4"]
+    assert "2,3" in set(table["subsets"].astype(str))  # 1bxn: one structure, alone
     for row in table.itertuples():
-        truth = clusters.loc[clusters["cluster"] == int(str(row.subsets)[0]), "class"].iloc[0]
-        assert row.novel == (truth == NAMES[1])
+        classes = set(clusters.loc[clusters["cluster"].isin(
+            [int(s) for s in str(row.subsets).split(",")]), "class"])
+        assert (NAMES[1] in classes) == (len(classes) == 1 and row.novel)
         if not row.novel:
-            assert row.nearest_reference == truth
-        assert row.particles == 20
+            assert row.nearest_reference in classes
         volume, voxel = read_mrc(out / f"census/structures/structure_{row.structure:03d}.mrc")
         assert volume.shape == (BOX,) * 3 and voxel == pytest.approx(VOXEL_NM, rel=1e-5)
         star = starfile.read(out / f"census/structures/structure_{row.structure:03d}.star")
@@ -401,7 +402,8 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
         assert (star["particles"]["rlnClassNumber"] == row.structure).all()
         indices = members.loc[members["structure"] == row.structure, "index"]
         assert sorted(star["particles"]["tomosiftIndex"]) == sorted(indices)
-    for name in ("census.png", "similarity.png", "census.json", "unresolved.tsv"):
+    for name in ("census.png", "similarity.png", "similarity.tsv", "census.json",
+                 "unresolved.tsv"):
         assert (out / "census" / name).is_file()
 
 

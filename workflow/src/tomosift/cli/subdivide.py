@@ -66,8 +66,12 @@ def _add_census_options(parser) -> None:
                         help="members averaged per subset, a seeded draw (default 100; 0 = "
                              "all)")
     parser.add_argument("--calibration-quantile", type=float, default=0.1,
-                        help="same-structure threshold: this quantile of the subsets' self "
-                             "ratios (default 0.1)")
+                        help="same-structure level: this quantile of the ratios of the "
+                             "calibration pairs (default 0.1); subsets merge above the midpoint "
+                             "between it and the median ratio of all pairs")
+    parser.add_argument("--calibration-subsets", type=int, default=8,
+                        help="the largest subsets each split into two independent averages "
+                             "to calibrate (default 8)")
 
 
 def _census_settings(args):
@@ -75,7 +79,8 @@ def _census_settings(args):
 
     return CensusSettings(min_members=args.min_members,
                           max_members=args.max_members or None,
-                          calibration_quantile=args.calibration_quantile, seed=args.seed,
+                          calibration_quantile=args.calibration_quantile,
+                          calibration_subsets=args.calibration_subsets, seed=args.seed,
                           workers=args.threads or 1)
 
 

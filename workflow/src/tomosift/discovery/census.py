@@ -10,13 +10,19 @@ each half-set pair >= 0.143), summed, divided by that expected sum. It is near 1
 averages of one structure whatever their particle counts and resolutions, and lower for
 different structures.
 
-**Calibration.** Alignment and interpolation cost a little of the expected FSC. Each subset
-measures that loss on itself: its second half-map, turned by a random rotation, is aligned
-back onto the first by the same search, and the ratio of their FSC to ``F`` is its *self
-ratio* (near 1, below by what alignment loses at that resolution). The threshold of
-"same structure" is a low quantile (``calibration_quantile``) of the self ratios of all
-subsets: a pair is one structure when it agrees as well as the data's own half-sets, aligned
-the same way, do. No number is tuned to a dataset.
+**Calibration.** Both ends of the scale are measured on the data. The *same-structure
+level*: the members of a few of the largest subsets are split at random into two groups,
+each averaged on its own (an independent refinement from its own start, as two subsets of
+one structure are); these pairs are one structure by construction, and the level is a low
+quantile (``calibration_quantile``) of their ratios. The *different-structure level*: the
+median ratio of all pairs of subsets (with tens of structures in a hundred subsets, nearly
+all pairs are of different structures). The threshold lies midway between the two. (A
+threshold at the same-structure level alone split pure classes at dose 80: independent
+averages of one class scatter below it, while different classes stay far lower;
+docs/benchmarks.md, issue 20. A subset's own half-maps, aligned back onto each other, agree
+better still: they share one refinement's start and systematic errors.) No number is tuned
+to a dataset. With few structures among few subsets the median is no longer a
+different-structure level and the threshold rises: fewer merges.
 
 **Merging** is agglomerative: the pair with the highest ratio above the threshold merges
 (the second's half-maps turned onto the first and summed with particle-count weights, so the
@@ -73,11 +79,13 @@ class CensusSettings:
         min_members: subsets with fewer members are listed as unresolved, not averaged.
         max_members: members averaged per subset (a seeded subsample; None = all).
         iterations: refinement iterations of each subset's average.
-        calibration_quantile: the same-structure threshold is this quantile of the subsets'
-            self ratios (see the module docstring).
+        calibration_quantile: the same-structure level is this quantile of the ratios of the
+            calibration pairs (see the module docstring).
+        calibration_subsets: how many of the largest subsets (with at least twice
+            ``min_members`` members) are split into two independent averages to calibrate.
         reference_resolution_factor: a reference explains a structure when their FSC stays
             >= 0.5 up to at least 1 / this of the shells the structure resolves.
-        seed: seeds the subsamples, half-set splits and calibration rotations.
+        seed: seeds the subsamples, half-set splits and calibration splits.
         workers: threads of the refinement and of the pairwise alignments.
         align: the search of the pairwise alignments.
     """
@@ -86,6 +94,7 @@ class CensusSettings:
     max_members: int | None = 100
     iterations: int = 2
     calibration_quantile: float = 0.1
+    calibration_subsets: int = 8
     reference_resolution_factor: float = 2.0
     seed: int = 1
     workers: int = 1
@@ -101,6 +110,9 @@ class CensusSettings:
         if not 0.0 <= self.calibration_quantile <= 1.0:
             raise TomosiftError(f"calibration_quantile must be in [0, 1], got "
                                 f"{self.calibration_quantile}")
+        if self.calibration_subsets < 1:
+            raise TomosiftError(f"calibration_subsets must be >= 1, got "
+                                f"{self.calibration_subsets}")
         if self.reference_resolution_factor < 1.0:
             raise TomosiftError(f"reference_resolution_factor must be >= 1, got "
                                 f"{self.reference_resolution_factor}")
@@ -168,26 +180,6 @@ def _turned(volume: np.ndarray, alignment: Alignment) -> np.ndarray:
     return transform_volume(volume, alignment.rotation, alignment.shift_voxels)
 
 
-def self_ratio(average: SubsetAverage, settings: AlignSettings,
-               rng: np.random.Generator) -> float:
-    """The subset's own agreement after alignment: its second half-map turned by a random
-    rotation, aligned back onto the first, FSC over the shells it resolves divided by its
-    half-set FSC there (1 = alignment loses nothing)."""
-    from scipy.spatial.transform import Rotation
-
-    top = average.resolved_shell
-    if top < MIN_RESOLVED_SHELLS:
-        return float("nan")
-    rotation = Rotation.random(random_state=rng).as_matrix()
-    first, second = average.halves
-    turned = transform_volume(second, rotation)
-    turned_coverage = rotate_mask(average.coverage, rotation)
-    alignment = align_prepared(prepare(first, average.coverage, settings),
-                               prepare(turned, turned_coverage, settings), settings)
-    fsc = masked_fsc(first, _turned(turned, alignment))
-    return agreement_ratio(fsc, average.half_fsc, top)
-
-
 def pair_ratio(first: SubsetAverage, second: SubsetAverage, settings: AlignSettings
                ) -> tuple[float, Alignment]:
     """(same-structure ratio, the alignment of ``second`` onto ``first``) over the shells
@@ -227,15 +219,18 @@ class MergeResult:
 
     Attributes:
         structures: the merged averages, largest first.
-        threshold: the same-structure ratio threshold (from the calibration).
-        self_ratios: (A,) each input average's self ratio (nan if it resolved too little).
+        threshold: the merge threshold (midway between the calibrated same-structure level
+            and the median pair ratio; nan: nothing could be compared).
+        same_level: the calibrated same-structure level.
+        calibration_ratios: the ratios of the calibration pairs.
         pair_ratios: (A, A) the ratio of every pair of input averages (nan on the diagonal).
         merges: (first subsets, second subsets, ratio) in the order they merged.
     """
 
     structures: list[SubsetAverage]
     threshold: float
-    self_ratios: np.ndarray
+    same_level: float
+    calibration_ratios: np.ndarray
     pair_ratios: np.ndarray
     merges: list[tuple[list[int], list[int], float]]
 
@@ -249,43 +244,58 @@ def _map(function: Callable, items: Sequence, workers: int) -> list:
         return list(pool.map(function, items))
 
 
-def calibrate(averages: Sequence[SubsetAverage], settings: CensusSettings
+def calibrate(pairs: Sequence[tuple[SubsetAverage, SubsetAverage]], settings: CensusSettings
               ) -> tuple[float, np.ndarray]:
-    """(threshold, (A,) self ratios): the ``calibration_quantile`` of the self ratios (nan
-    when no average resolves :data:`MIN_RESOLVED_SHELLS` shells)."""
-    seeds = np.random.SeedSequence(settings.seed).spawn(len(averages))
-    ratios = np.array(_map(lambda item: self_ratio(item[0], settings.align,
-                                                   np.random.default_rng(item[1])),
-                           list(zip(averages, seeds, strict=True)), settings.workers))
-    finite = ratios[np.isfinite(ratios)]
-    if finite.size == 0:  # nothing reproducible enough to compare: nothing merges
+    """(same-structure level, ratios): the ``calibration_quantile`` of the ratios of pairs
+    that are one structure by construction (nan when no pair resolves
+    :data:`MIN_RESOLVED_SHELLS` shells on both sides)."""
+    usable = [(a, b) for a, b in pairs
+              if min(a.resolved_shell, b.resolved_shell) >= MIN_RESOLVED_SHELLS]
+    ratios = np.array(_map(lambda pair: pair_ratio(pair[0], pair[1], settings.align)[0],
+                           usable, settings.workers), dtype=np.float64)
+    if ratios.size == 0:  # nothing reproducible enough to compare: nothing merges
         return float("nan"), ratios
-    return float(np.quantile(finite, settings.calibration_quantile)), ratios
+    return float(np.quantile(ratios, settings.calibration_quantile)), ratios
 
 
-def merge_averages(averages: Sequence[SubsetAverage], settings: CensusSettings,
+def merge_threshold(same_level: float, pair_ratios: np.ndarray) -> float:
+    """Midway between the same-structure level and the median of all pair ratios (the
+    different-structure level); nan without a same-structure level or pairs."""
+    finite = pair_ratios[np.isfinite(pair_ratios)]
+    if not np.isfinite(same_level) or finite.size == 0:
+        return float("nan")
+    return 0.5 * (same_level + float(np.median(finite)))
+
+
+def merge_averages(averages: Sequence[SubsetAverage],
+                   calibration_pairs: Sequence[tuple[SubsetAverage, SubsetAverage]],
+                   settings: CensusSettings,
                    progress: Callable[[str], None] | None = None) -> MergeResult:
-    """Calibrate, compare every pair and merge agglomeratively (module docstring). Averages
-    that resolve fewer than :data:`MIN_RESOLVED_SHELLS` shells stay single structures."""
-    threshold, self_ratios = calibrate(averages, settings)
+    """Calibrate on ``calibration_pairs`` (two independent averages of one subset each),
+    compare every pair of ``averages`` and merge agglomeratively (module docstring).
+    Averages that resolve fewer than :data:`MIN_RESOLVED_SHELLS` shells stay single."""
+    same_level, calibration_ratios = calibrate(calibration_pairs, settings)
     n = len(averages)
     nodes: dict[int, SubsetAverage] = dict(enumerate(averages))
     comparable = {i for i, a in nodes.items() if a.resolved_shell >= MIN_RESOLVED_SHELLS
-                  and np.isfinite(threshold)}
+                  and np.isfinite(same_level)}
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)
              if i in comparable and j in comparable]
     if progress:
-        progress(f"threshold {threshold:.3f} from {np.isfinite(self_ratios).sum()} self "
-                 f"ratios; {len(pairs)} pairs to align")
+        progress(f"same-structure level {same_level:.3f} from {len(calibration_ratios)} "
+                 f"calibration pairs; {len(pairs)} pairs to align")
     found = _map(lambda p: pair_ratio(nodes[p[0]], nodes[p[1]], settings.align), pairs,
                  settings.workers)
     scores = {pair: result for pair, result in zip(pairs, found, strict=True)}
     pair_ratios = np.full((n, n), np.nan)
     for (i, j), (ratio, _) in scores.items():
         pair_ratios[i, j] = pair_ratios[j, i] = ratio
+    threshold = merge_threshold(same_level, pair_ratios[np.triu_indices(n, 1)])
+    if progress:
+        progress(f"merge threshold {threshold:.3f} (midway to the median pair ratio)")
     merges = []
     next_id = n
-    while scores:
+    while scores and np.isfinite(threshold):
         (i, j), (ratio, alignment) = max(scores.items(), key=lambda item: item[1][0])
         if ratio < threshold:
             break
@@ -294,8 +304,8 @@ def merge_averages(averages: Sequence[SubsetAverage], settings: CensusSettings,
         del nodes[i], nodes[j]
         scores = {p: r for p, r in scores.items() if i not in p and j not in p}
         others = sorted(k for k in nodes if k in comparable)
-        comparable.add(next_id)
         if merged.resolved_shell >= MIN_RESOLVED_SHELLS:
+            comparable.add(next_id)
             found = _map(lambda k, new=merged: pair_ratio(nodes[k], new, settings.align),
                          others, settings.workers)
             scores.update({(k, next_id): r for k, r in zip(others, found, strict=True)})
@@ -305,7 +315,8 @@ def merge_averages(averages: Sequence[SubsetAverage], settings: CensusSettings,
             progress(f"merged subsets {merges[-1][0]} + {merges[-1][1]} (ratio {ratio:.3f}); "
                      f"{len(nodes)} structures")
     structures = sorted(nodes.values(), key=lambda a: (-a.particles, a.subsets[0]))
-    return MergeResult(structures, threshold, self_ratios, pair_ratios, merges)
+    return MergeResult(structures, threshold, same_level, calibration_ratios, pair_ratios,
+                       merges)
 
 
 def nearest_references(structures: Sequence[SubsetAverage], references: dict[str, np.ndarray],

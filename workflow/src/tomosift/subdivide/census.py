@@ -5,7 +5,8 @@ Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its data
 ``subsets/all.star``) and writes to ``out_dir``:
 
 - ``subsets/subset_<sss>_half1.mrc``, ``_half2.mrc``, ``_coverage.npy``, ``.json``: each
-  subset's half-averages (reused by a rerun with the same members, dataset, iterations and
+  subset's half-averages, and ``subset_<sss>_a_*``, ``_b_*`` the two independent averages of
+  each calibration subset (reused by a rerun with the same members, dataset, iterations and
   seed, when newer than ``clusters.tsv``);
 - ``census.tsv``: one row per structure (``structure``, ``subsets``, ``particles``,
   ``resolution_nm`` (half-set FSC 0.143), ``nearest_reference``, ``reference_score``,
@@ -15,8 +16,9 @@ Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its data
 - ``unresolved.tsv``: the subsets too small to average (``subset``, ``members``);
 - ``structures/structure_<nnn>.mrc`` with ``_half1``/``_half2`` and ``.star`` (the members'
   rows of ``subsets/all.star``, ``rlnClassNumber`` = structure);
-- ``census.png`` (central slices, novel structures marked), ``similarity.png`` (the pair
-  ratios of the subsets, grouped by structure), ``census.json`` (calibration and merges).
+- ``census.png`` (central slices, novel structures marked), ``similarity.png`` and
+  ``similarity.tsv`` (the same-structure ratio of every pair of averaged subsets),
+  ``census.json`` (calibration and merges).
 """
 
 from __future__ import annotations
@@ -109,15 +111,16 @@ def _fit_box(volume: np.ndarray, box: int) -> np.ndarray:
 
 
 def _subset_average(data: Path, out: Path, number: int, members: np.ndarray,
-                    settings: CensusSettings, newer_than: float, progress: bool
-                    ) -> tuple[SubsetAverage, float]:
-    """The subset's half-averages, computed or reused from ``out/subsets``."""
+                    settings: CensusSettings, newer_than: float, progress: bool,
+                    part: str = "") -> tuple[SubsetAverage, float]:
+    """The subset's half-averages (of ``members``; ``part`` names a calibration group of
+    it), computed or reused from ``out/subsets``."""
     import hashlib
 
     from tomosift.io import atomic_path, read_mrc, write_mrc, write_text
     from tomosift.subdivide.averages import average_members
 
-    stem = out / "subsets" / f"subset_{number:03d}"
+    stem = out / "subsets" / f"subset_{number:03d}{part}"
     halves_paths = [stem.with_name(f"{stem.name}_half{h}.mrc") for h in (1, 2)]
     coverage_path = stem.with_name(f"{stem.name}_coverage.npy")
     made_from_path = stem.with_name(f"{stem.name}.json")
@@ -188,10 +191,23 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
         average, voxel = _subset_average(data, out, number, members, settings,
                                          clusters_tsv.stat().st_mtime, False)
         averages.append(average)
+    calibration_pairs = []
+    for number in _calibration_subsets(eligible, averages, settings):
+        members = seeded_members(indices[subsets == number], settings.max_members,
+                                 settings.seed, number)
+        groups = np.array_split(np.random.default_rng([settings.seed, number, 2])
+                                .permutation(members), 2)
+        if say:
+            say(f"calibration: subset {number} as two independent averages of "
+                f"{len(groups[0])} and {len(groups[1])} members")
+        calibration_pairs.append(tuple(
+            _subset_average(data, out, number, np.sort(group), settings,
+                            clusters_tsv.stat().st_mtime, False, part)[0]
+            for group, part in zip(groups, ("_a", "_b"), strict=True)))
     box = averages[0].halves.shape[-1]
     if reference_maps is None:
         reference_maps = read_references(list(references or []), voxel, box)
-    merged = merge_averages(averages, settings, progress=say)
+    merged = merge_averages(averages, calibration_pairs, settings, progress=say)
     nearest = nearest_references(merged.structures, reference_maps, settings)
     size_of = dict(zip(numbers.tolist(), sizes.tolist(), strict=True))
     rows, structure_of = [], {}
@@ -213,12 +229,25 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
     return CensusResult(frame, merged, unresolved, files)
 
 
+def _calibration_subsets(eligible: list[int], averages: list[SubsetAverage],
+                         settings: CensusSettings) -> list[int]:
+    """The largest subsets with at least 2 x ``min_members`` averaged members (at most
+    ``calibration_subsets``), or the largest with at least 4 when none has that many."""
+    by_size = sorted(zip(eligible, averages, strict=True),
+                     key=lambda item: (-item[1].particles, item[0]))
+    for least in (2 * settings.min_members, 4):
+        chosen = [n for n, a in by_size if a.particles >= least]
+        if chosen:
+            return chosen[: settings.calibration_subsets]
+    return []
+
+
 def summary_lines(frame, unresolved: list[int], threshold: float) -> list[str]:
     """A few lines for the terminal and the log."""
     novel = int(frame["novel"].sum())
     averaged = sum(len(s.split(",")) for s in frame["subsets"])
     lines = [f"{len(frame)} structures ({novel} novel) in {averaged} subsets; "
-             f"{len(unresolved)} subsets too small to average; same-structure threshold "
+             f"{len(unresolved)} subsets too small to average; merge threshold "
              f"{threshold:.3f}"]
     if not np.isfinite(threshold):
         lines.append("warning: no subset average resolves 2 Fourier shells at half-set FSC "
@@ -257,12 +286,16 @@ def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structur
             rows["rlnClassNumber"] = number
             write_star(stem.with_suffix(".star"),
                        {**blocks, "particles": rows.reset_index(drop=True)})
+    files["similarity_table"] = out / "similarity.tsv"
+    matrix = pd.DataFrame(merged.pair_ratios, index=pd.Index(order, name="subset"),
+                          columns=[str(s) for s in order])
+    write_text(files["similarity_table"], matrix.round(4).to_csv(sep="\t", na_rep="nan"))
     _plot_gallery(files["gallery"], frame, merged.structures, voxel)
     _plot_similarity(files["similarity"], merged, structure_of, order)
     made_from = {"settings": {k: v for k, v in asdict(settings).items() if k != "align"},
                  "threshold": merged.threshold,
-                 "self_ratios": {str(s): (None if not np.isfinite(r) else round(float(r), 4))
-                                 for s, r in zip(order, merged.self_ratios, strict=True)},
+                 "same_level": merged.same_level,
+                 "calibration_ratios": [round(float(r), 4) for r in merged.calibration_ratios],
                  "merges": [{"first": a, "second": b, "ratio": round(r, 4)}
                             for a, b, r in merged.merges]}
     write_text(files["made_from"], json.dumps(made_from, indent=1) + "\n")
@@ -286,8 +319,8 @@ def _read_all_star(path: Path, n_rows: int) -> dict | None:
 def _plot_gallery(path: Path, frame, structures: list[SubsetAverage], voxel: float) -> None:
     from tomosift.plots import density_montage
 
-    names = [f"S{row.structure}: {row.particles} particles, {row.resolution_nm:.1f} nm"
-             + (" NOVEL" if row.novel else f" ~ {row.nearest_reference}")
+    names = [f"S{row.structure}: {row.particles} particles\n{row.resolution_nm:.1f} nm, "
+             + ("NOVEL" if row.novel else f"~ {row.nearest_reference}")
              for row in frame.itertuples()]
     density_montage(names, [s.average for s in structures], voxel, path)
 
