@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
+from test_classify3d import _particles
 
 from tomosift.density import DensitySettings, make_density
 from tomosift.discovery.census import (
@@ -18,8 +18,6 @@ from tomosift.discovery.census import (
     nearest_references,
 )
 from tomosift.discovery.classify3d import ClassifySettings, classify
-from tomosift.discovery.rotations import transform_volume
-from tomosift.discovery.wedge import apply_mask, wedge_mask
 from tomosift.errors import TomosiftError
 
 SNR = 0.1
@@ -36,16 +34,9 @@ def maps(structure_path):
 def _subset_average(volume, seed, number, count=PER_SUBSET):
     """A subset of noisy (SNR 0.1), wedge-masked (±60°) particles in random poses, averaged
     reference-free as two half-maps."""
-    rng = np.random.default_rng(seed)
-    mask = wedge_mask(volume.shape[0])
-    particles = []
-    for _ in range(count):
-        moved = transform_volume(volume, Rotation.random(random_state=rng).as_matrix(),
-                                 rng.uniform(-3, 3, 3))
-        noisy = moved + rng.normal(0, np.sqrt(moved.var() / SNR), moved.shape)
-        particles.append(apply_mask(noisy, mask))
-    result = classify(np.stack(particles).astype(np.float32),
-                      ClassifySettings(classes=1, iterations=2, workers=2), progress=False)
+    particles, _, _ = _particles(volume, count, SNR, seed)
+    result = classify(particles, ClassifySettings(classes=1, iterations=2, workers=2),
+                      progress=False)
     return SubsetAverage(result.half_maps[0], result.observed(0), count, [number])
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import mrcfile
@@ -56,6 +56,26 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def listed_files(entries: Sequence[str | os.PathLike], accept: Callable[[Path], bool],
+                 kind: str) -> list[Path]:
+    """Files of a list of files and folders: a file as it is, a folder as its ``accept``-ed
+    files (sorted); a missing entry or a folder with none is refused in one line naming it
+    (``kind``: what the folder should hold)."""
+    files: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and accept(p))
+            if not found:
+                raise TomosiftError(f"{path}: the folder holds no {kind}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TomosiftError(f"{path}: file not found")
+    return files
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -39,21 +39,11 @@ def resolve_source(args) -> Path:
 
 def structure_files(entries: Sequence[str]) -> list[Path]:
     """Structure files of a list of files and folders (a folder: every structure in it)."""
+    from tomosift.io import listed_files
     from tomosift.structures import MAP_SUFFIXES, MODEL_SUFFIXES
 
-    files: list[Path] = []
-    for entry in entries:
-        path = Path(entry)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower()
-                           .removesuffix(".gz").endswith(MODEL_SUFFIXES + MAP_SUFFIXES))
-            if not found:
-                raise TomosiftError(f"{path}: the folder holds no PDB/mmCIF/MRC files")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise TomosiftError(f"{path}: file not found")
+    files = listed_files(entries, lambda p: p.name.lower().removesuffix(".gz").endswith(
+        MODEL_SUFFIXES + MAP_SUFFIXES), "PDB/mmCIF/MRC files")
     if not files:
         raise TomosiftError("--structures: the structure list is empty")
     return files

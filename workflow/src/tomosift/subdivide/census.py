@@ -75,19 +75,10 @@ def read_references(paths: list[str | os.PathLike], voxel_size_nm: float, box: i
     """Reference maps (files or folders of MRC maps), name (file stem) -> (box,)*3 map, each
     centred in or cut to the data's box; a voxel size other than the data's is refused."""
     from tomosift.discovery.particles import same_voxel
-    from tomosift.io import read_mrc
+    from tomosift.io import listed_files, read_mrc
 
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in REFERENCE_SUFFIXES)
-            if not found:
-                raise TomosiftError(f"{path}: no reference maps (.mrc, .map) in this folder")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise TomosiftError(f"{path}: reference map not found")
+    files = listed_files(paths, lambda p: p.suffix in REFERENCE_SUFFIXES,
+                         "reference maps (.mrc, .map)")
     references = {}
     for path in files:
         volume, voxel = read_mrc(path)
