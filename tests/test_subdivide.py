@@ -409,9 +409,13 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
 
 def test_census_bad_inputs_are_one_line_errors(dataset, model, tmp_path, capsys):
     out = tmp_path / "sub"
+    # subdivide --census: the subsets are written, then the census refuses in one line
     assert main(["subdivide", "--model", str(model), "--data", str(dataset), "--k", "3",
-                 "--out-dir", str(out), "--threads", "2", "--device", "cpu"]) == 0
-    capsys.readouterr()
+                 "--out-dir", str(out), "--threads", "2", "--device", "cpu", "--census",
+                 "--min-members", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "no subset has 100 members" in err and len(err.strip().splitlines()) == 1
+    assert (out / "clusters.tsv").is_file() and not (out / "census/census.tsv").exists()
     (tmp_path / "empty").mkdir()
     assert main(["census", "--subdivision", str(tmp_path / "empty"),
                  "--out-dir", str(tmp_path / "c1")]) == 2
