@@ -47,6 +47,7 @@ Volumes are (n, n, n) float32 indexed [z, y, x], bright density; ``coverage`` ma
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -139,12 +140,13 @@ class SubsetAverage:
     def average(self) -> np.ndarray:
         return (0.5 * (self.halves[0] + self.halves[1])).astype(np.float32)
 
-    @property
+    @functools.cached_property
     def half_fsc(self) -> np.ndarray:
-        """(n // 2 + 1,) FSC between the half-maps (soft spherical mask)."""
+        """(n // 2 + 1,) FSC between the half-maps (soft spherical mask); computed once: the
+        half-maps do not change."""
         return masked_fsc(self.halves[0], self.halves[1])
 
-    @property
+    @functools.cached_property
     def resolved_shell(self) -> int:
         """The last shell whose half-set FSC is >= 0.143 (0 = none)."""
         return last_shell_above(self.half_fsc, RESOLVED_FSC)
