@@ -9,8 +9,10 @@ from scipy.spatial.transform import Rotation
 
 from tomosift.discovery.align import (
     AlignSettings,
+    _neighbourhood_max,
     align,
     align_prepared,
+    coarse_box,
     constrained_correlation,
     prepare,
 )
@@ -235,6 +237,67 @@ def test_align_score_is_the_constrained_correlation_at_the_pose(asymmetric_map, 
     assert result.score == pytest.approx(expected, abs=0.02)
     # The identity is a much worse pose for a random orientation.
     assert constrained_correlation(asymmetric_map, particle, None, mask) < result.score - 0.2
+
+
+def test_peak_screening_keeps_the_pose_of_a_symmetric_complex(structure_path, rng):
+    """Screening picks among the rotation peaks on the 26³ crop; on a D-symmetric complex
+    (1bxn) several peaks are right, so the pose is judged by how well the noise-free particle,
+    moved by it, matches the map: as well as with every peak checked on the full box."""
+    from tomosift.density import DensitySettings, make_density
+
+    volume = make_density(structure_path("1bxn"), DensitySettings())[0]
+    mask = wedge_mask(BOX, -60, 60)
+    screened, full = AlignSettings(), AlignSettings(screen_peaks=False)
+    assert prepare(volume, None, screened).coarse.box == 26
+    assert prepare(volume, None, full).coarse is None
+    for _ in range(4):
+        rotation = Rotation.random(random_state=rng).as_matrix()
+        clean = transform_volume(volume, rotation, rng.uniform(-3, 3, size=3))
+        noisy = apply_mask(clean + rng.normal(0, np.sqrt(clean.var() / 0.1), clean.shape), mask)
+        matches = [_correlation(volume, transform_volume(clean, found.rotation,
+                                                         found.shift_voxels))
+                   for found in (align(volume, noisy, None, mask, settings)
+                                 for settings in (screened, full))]
+        assert matches[0] > 0.85 and matches[0] > matches[1] - 0.03, matches
+
+
+def test_coarse_box_holds_the_search_shells():
+    assert coarse_box(40, AlignSettings()) == 26  # shells 2 .. 12, Nyquist 13
+    assert coarse_box(24, AlignSettings(shell_max=10, score_radius=10.0)) == 22
+    assert coarse_box(20, AlignSettings(shell_max=9, score_radius=9.0)) == 20  # no crop
+
+
+def test_neighbourhood_max_is_the_maximum_filter(rng):
+    from scipy import ndimage
+
+    scores = rng.random((9, 16, 16)).astype(np.float32)
+    expected = ndimage.maximum_filter(scores, size=3, mode=("nearest", "wrap", "wrap"))
+    assert np.array_equal(_neighbourhood_max(scores), expected)
+
+
+def test_harmonic_coefficients_match_a_direct_expansion(rng):
+    """prepare() computes only the orders m >= 0 and fills m < 0 by a_l,-m = (-1)^m
+    conj(a_lm): the result equals the direct quadrature over every order."""
+    from tomosift.classify.rif import amplitude_interpolation_matrix, shell_quadrature
+    from tomosift.discovery.align import _harmonics
+
+    settings = AlignSettings(max_degree=8, angular_samples=18, shell_min=4, shell_max=6)
+    volume = rng.normal(size=(24, 24, 24)).astype(np.float32)
+    prepared = prepare(volume, None, settings)
+    spectrum = np.abs(np.fft.rfftn(volume - volume.mean()))
+    radius = 5
+    theta, phi, weights = shell_quadrature(radius, settings.max_degree)
+    direction = np.stack([np.cos(theta), np.sin(theta) * np.sin(phi),
+                          np.sin(theta) * np.cos(phi)], axis=1)
+    voxels, interp = amplitude_interpolation_matrix(radius * direction, 24)
+    values = interp @ spectrum.reshape(-1)[voxels]
+    direct = np.einsum("p,p,plm->lm", weights, values,
+                       np.conj(_harmonics(theta, phi, settings.max_degree)))
+    found = prepared.coefficients[0, radius - settings.shell_min]
+    # prepare whitens each shell by one positive factor: compare up to that factor
+    scale = found[0, settings.max_degree].real / direct[0, settings.max_degree].real
+    assert scale > 0
+    np.testing.assert_allclose(found, direct * scale, atol=1e-4 * np.abs(found).max())
 
 
 def test_align_rejects_bad_input(asymmetric_map):

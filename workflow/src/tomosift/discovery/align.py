@@ -28,6 +28,11 @@ amplitudes, which do not depend on the translation:
    properly: the moving volume is rotated in real space, its mask by nearest-neighbour lookup,
    and the translation is the peak of the overlap-masked FFT cross-correlation (sub-voxel by
    parabolas), which is the constrained correlation at every shift. The best candidate wins.
+   Screening (``AlignSettings.screen_peaks``, on by default): the peaks are first compared
+   this way on both volumes Fourier-cropped to the box that holds the search's shells
+   (:func:`coarse_box`, 26³ for 40³), and only the winner is scored on the full box. Peaks
+   lie >= 15° apart, which the low shells tell apart; the full box refines the winner's shift
+   and gives its score.
 
 There is no real-space refinement after step 3: tried (coordinate steps of 2° and 1° about
 x, y, z, keeping any gain in constrained correlation), it made the rotations worse (median
@@ -52,11 +57,10 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.fft
-from scipy import ndimage
 from scipy.special import sph_harm_y
 
 from tomosift.classify.rif import amplitude_interpolation_matrix, shell_quadrature
@@ -86,6 +90,9 @@ class AlignSettings:
         max_shift_voxels: largest |shift| per axis searched (voxels).
         score_radius: highest frequency (index units) used in the translational search and the
             final score; None = Nyquist (n / 2).
+        screen_peaks: compare the rotation peaks first on a Fourier-cropped box that holds
+            the search's shells (:func:`coarse_box`) and score only the best one on the full
+            box; False = every peak on the full box.
         fft_workers: scipy.fft workers for the volume transforms.
     """
 
@@ -98,6 +105,7 @@ class AlignSettings:
     peak_separation_deg: float = 15.0
     max_shift_voxels: float = 6.0
     score_radius: float | None = None
+    screen_peaks: bool = True
     fft_workers: int = 1
 
     def __post_init__(self) -> None:
@@ -155,6 +163,9 @@ class Prepared:
         coefficients: (3, S, L // 2 + 1, 2L + 1) complex128 spherical-harmonic coefficients
             of ``|F| M``, ``|F|^2 M`` and ``M`` (whitened amplitudes) per shell, degree, order
             m = -L .. L (zero where |m| > l).
+        coarse: the same volume Fourier-cropped to the box that holds the rotational
+            search's shells (:func:`coarse_box`), for screening the rotation peaks; None when
+            that box is the full one or screening is off.
     """
 
     volume: np.ndarray
@@ -162,10 +173,16 @@ class Prepared:
     mask: np.ndarray
     full_mask: np.ndarray
     coefficients: np.ndarray
+    coarse: Prepared | None = None
 
     @property
     def box(self) -> int:
         return self.volume.shape[0]
+
+    @functools.cached_property
+    def power(self) -> np.ndarray:
+        """(n, n, n // 2 + 1) float32 |F|^2 of ``spectrum``."""
+        return self.spectrum.real**2 + self.spectrum.imag**2
 
 
 # -- spherical harmonics ------------------------------------------------------------------
@@ -191,26 +208,37 @@ class _ShellOperator:
     voxels: np.ndarray  # (V,) flat rfftn indices, all shells
     bounds: tuple[int, ...]  # shell s reads voxels[bounds[s]:bounds[s + 1]]
     matrices: tuple[np.ndarray, ...]  # per shell (V_s, 2 K) float32: real, imag of coefficients
+    columns: np.ndarray  # (K,) flat (degree, order) indices of the K coefficients with m >= 0
+
+
+def _orders_kept(max_degree: int) -> np.ndarray:
+    """Flat indices into (L // 2 + 1, 2L + 1) of the coefficients with 0 <= m <= l; those
+    with m < 0 follow from them for real functions: a_l,-m = (-1)^m conj(a_lm)."""
+    size = 2 * max_degree + 1
+    return np.array([index * size + max_degree + order
+                     for index, degree in enumerate(_degrees(max_degree))
+                     for order in range(degree + 1)])
 
 
 @functools.lru_cache(maxsize=8)
 def _shell_operator(box: int, radii: tuple[int, ...], max_degree: int) -> _ShellOperator:
     """Linear maps from rfftn values to SH coefficients a_lm = ∫ f conj(Y_lm) per shell."""
     voxel_parts, matrices, bounds = [], [], [0]
+    columns = _orders_kept(max_degree)
     for radius in radii:
         theta, phi, weights = shell_quadrature(radius, max_degree)
         direction = np.stack(
             [np.cos(theta), np.sin(theta) * np.sin(phi), np.sin(theta) * np.cos(phi)], axis=1
         )  # (z, y, x)
         voxels, interp = amplitude_interpolation_matrix(radius * direction, box)
-        basis = np.conj(_harmonics(theta, phi, max_degree)).reshape(len(theta), -1)
+        basis = np.conj(_harmonics(theta, phi, max_degree)).reshape(len(theta), -1)[:, columns]
         basis *= weights[:, None]
         matrix = interp.T @ basis  # (V, K) complex
         matrices.append(np.ascontiguousarray(
             np.concatenate([matrix.real, matrix.imag], axis=1), dtype=np.float32))
         voxel_parts.append(voxels)
         bounds.append(bounds[-1] + len(voxels))
-    return _ShellOperator(np.concatenate(voxel_parts), tuple(bounds), tuple(matrices))
+    return _ShellOperator(np.concatenate(voxel_parts), tuple(bounds), tuple(matrices), columns)
 
 
 @functools.lru_cache(maxsize=4)
@@ -398,8 +426,8 @@ def prepare(volume: np.ndarray, mask: np.ndarray | None,
     op = _shell_operator(box, radii, settings.max_degree)
     amplitude = (np.abs(spectrum) * mask).reshape(-1)[op.voxels]
     observed = mask.reshape(-1)[op.voxels]
-    n_coefficients = op.matrices[0].shape[1] // 2
-    coefficients = np.empty((3, len(radii), n_coefficients), dtype=np.complex128)
+    n_coefficients = len(op.columns)
+    kept = np.empty((3, len(radii), n_coefficients), dtype=np.complex128)
     for shell, matrix in enumerate(op.matrices):
         part = slice(op.bounds[shell], op.bounds[shell + 1])
         values = amplitude[part]
@@ -407,9 +435,45 @@ def prepare(volume: np.ndarray, mask: np.ndarray | None,
         scale = math.sqrt(float(np.sum(values**2)) / max(float(np.sum(observed[part])), 1.0))
         values = values / scale if scale > 0 else values
         stacked = np.stack([values, values**2, observed[part]]) @ matrix
-        coefficients[:, shell] = stacked[:, :n_coefficients] + 1j * stacked[:, n_coefficients:]
-    shape = (3, len(radii), settings.max_degree // 2 + 1, 2 * settings.max_degree + 1)
-    return Prepared(volume, spectrum, mask, _full_mask(mask, box), coefficients.reshape(shape))
+        kept[:, shell] = stacked[:, :n_coefficients] + 1j * stacked[:, n_coefficients:]
+    degree_max = settings.max_degree
+    shape = (3, len(radii), degree_max // 2 + 1, 2 * degree_max + 1)
+    coefficients = np.zeros((3, len(radii), shape[2] * shape[3]), dtype=np.complex128)
+    coefficients[:, :, op.columns] = kept
+    coefficients = coefficients.reshape(shape)
+    positive = coefficients[..., degree_max + 1:]  # m = 1 .. L
+    signs = (-1.0) ** np.arange(1, degree_max + 1)
+    coefficients[..., :degree_max] = (np.conj(positive) * signs)[..., ::-1]
+    coarse = None
+    size = coarse_box(box, settings)
+    if settings.screen_peaks and size < box:
+        coarse_spectrum = _crop_half(spectrum, size)
+        coarse_mask = _crop_half(mask, size)
+        coarse_volume = scipy.fft.irfftn(coarse_spectrum, s=(size,) * 3,
+                                         workers=settings.fft_workers)
+        coarse = Prepared(coarse_volume.astype(np.float32), coarse_spectrum, coarse_mask,
+                          _full_mask(coarse_mask, size), coefficients[:0])
+    return Prepared(volume, spectrum, mask, _full_mask(mask, box), coefficients, coarse)
+
+
+def coarse_box(box: int, settings: AlignSettings) -> int:
+    """The even box m <= n on which the rotation peaks are screened: its Nyquist shell lies
+    one shell beyond the rotational search's top shell (and the final score's radius)."""
+    top = int(settings.shells(box)[-1])
+    if settings.score_radius is not None:
+        top = max(top, math.ceil(settings.score_radius))
+    return int(min(box, 2 * (top + 1)))
+
+
+def _crop_half(array: np.ndarray, size: int) -> np.ndarray:
+    """The central frequencies of an (n, n, n // 2 + 1) rfftn-layout array as
+    (m, m, m // 2 + 1), scaled so that its irfftn is the m³ resampling of the n³ volume."""
+    box = array.shape[0]
+    keep = np.r_[0: (size + 1) // 2, box - size // 2: box]
+    cropped = np.ascontiguousarray(array[keep][:, keep][:, :, : size // 2 + 1])
+    if np.iscomplexobj(cropped):
+        cropped *= np.float32((size / box) ** 3)
+    return cropped
 
 
 # -- search -------------------------------------------------------------------------------
@@ -420,37 +484,68 @@ def _betas(settings: AlignSettings) -> tuple[float, ...]:
     return tuple(math.pi * (np.arange(count) + 0.5) / count)
 
 
+@functools.lru_cache(maxsize=4)
+def _wigner_by_order(max_degree: int, betas: tuple[float, ...]) -> np.ndarray:
+    """The small-d matrices as (K * K, B, L // 2 + 1) float64, K = 2L + 1: one (B, l) matrix
+    per order pair (m', m), for a batched product over the degrees."""
+    d = _wigner_small_d(max_degree, betas)
+    out = np.ascontiguousarray(d.reshape(d.shape[0], d.shape[1], -1).transpose(2, 0, 1))
+    out.setflags(write=False)
+    return out
+
+
 def rotational_scores(reference: Prepared, moving: Prepared,
                       settings: AlignSettings = AlignSettings()) -> np.ndarray:
     """Normalised amplitude correlation on the Euler grid.
 
     Returns:
-        (B, N, N) float64 scores at R = Rz(alpha_j) Ry(beta_i) Rz(gamma_k), beta_i =
+        (B, N, N) float32 scores at R = Rz(alpha_j) Ry(beta_i) Rz(gamma_k), beta_i =
         pi (i + 1/2) / B, alpha_j = 2 pi j / N, gamma_k = 2 pi k / N, N = angular_samples,
         B = N / 2; R is the rotation applied to the moving volume.
     """
     max_degree = settings.max_degree
     if reference.coefficients.shape != moving.coefficients.shape:
         raise TomosiftError("the two volumes were prepared with different settings or sizes")
-    d = _wigner_small_d(max_degree, _betas(settings))
+    betas = _betas(settings)
+    d = _wigner_by_order(max_degree, betas)  # (K * K, B, l)
     radii = settings.shells(reference.box).astype(np.float64)
-    weights = radii**settings.shell_power
-    a, b = reference.coefficients, moving.coefficients
+    weighted = np.conj(reference.coefficients) * (radii**settings.shell_power)[:, None, None]
+    b = moving.coefficients
     pairs = ((0, 0), (1, 2), (2, 1))  # numerator, then the two denominators
     products = np.stack([
-        np.einsum("r,rlp,rlq->lpq", weights, np.conj(a[i]), b[j]) for i, j in pairs
+        np.einsum("rlp,rlq->lpq", weighted[i], b[j], optimize=True) for i, j in pairs
     ])  # (3, l, m', m)
+    size = 2 * max_degree + 1
+    by_order = products.reshape(3, -1, size * size).transpose(2, 1, 0)  # (K * K, l, 3)
+    transfer = np.matmul(d, np.concatenate([by_order.real, by_order.imag], axis=2))
+    # (m', m, B, 6): real parts of the numerator and the two denominators, then imaginary
+    transfer = transfer.reshape(size, size, len(betas), 6)
     count = settings.angular_samples
-    transfer = np.einsum("blpq,clpq->cbpq", d, products)  # (3, B, m', m)
-    # Each correlation is real, so the two denominators share one complex FFT.
-    grid = np.zeros((2, len(d), count, count), dtype=np.complex128)
     orders = np.arange(-max_degree, max_degree + 1) % count
-    grid[0][:, orders[:, None], orders[None, :]] = transfer[0]
-    grid[1][:, orders[:, None], orders[None, :]] = transfer[1] + 1j * transfer[2]
-    correlation = scipy.fft.fft2(grid, axes=(2, 3))
-    numerator, first, second = correlation[0].real, correlation[1].real, correlation[1].imag
-    floor = 1e-6 * max(float(first.max()), float(second.max()), 1e-30)
-    return numerator / np.sqrt(np.maximum(first, floor) * np.maximum(second, floor))
+    n_beta = len(betas)
+    # The correlations are real. The numerator's 2D transform is Hermitian: an inverse real
+    # FFT over m >= 0 gives it; fft2(X) = N² irfft2(conj(X)) for Hermitian X.
+    upper = transfer[:, max_degree:]
+    half = np.zeros((n_beta, count, count // 2 + 1), dtype=np.complex64)
+    half[:, orders, : max_degree + 1] = (upper[..., 0] - 1j * upper[..., 3]).transpose(2, 0, 1)
+    half[:, :, : max_degree + 1] = scipy.fft.ifft(half[:, :, : max_degree + 1], axis=1)
+    numerator = scipy.fft.irfft(half, n=count, axis=2)
+    numerator *= np.float32(count * count)
+    # The two denominators D1, D2 share one complex FFT of D1 + i D2; the transform over m
+    # runs only on the rows m' that hold coefficients.
+    packed = ((transfer[..., 1] - transfer[..., 5])
+              + 1j * (transfer[..., 4] + transfer[..., 2]))  # (m', m, B)
+    rows = np.zeros((n_beta, size, count), dtype=np.complex64)
+    rows[:, :, orders] = packed.transpose(2, 0, 1)
+    full = np.zeros((n_beta, count, count), dtype=np.complex64)
+    full[:, orders, :] = scipy.fft.fft(rows, axis=2)
+    denominators = scipy.fft.fft(full, axis=1)
+    first, second = denominators.real, denominators.imag
+    floor = np.float32(1e-6 * max(float(first.max()), float(second.max()), 1e-30))
+    product = np.maximum(first, floor)
+    product *= np.maximum(second, floor)
+    numerator /= np.sqrt(product, out=product)
+    return numerator
 
 
 def _parabola_offset(minus: float, centre: float, plus: float) -> float:
@@ -460,11 +555,26 @@ def _parabola_offset(minus: float, centre: float, plus: float) -> float:
     return float(np.clip(0.5 * (minus - plus) / curvature, -0.5, 0.5))
 
 
+def _neighbourhood_max(scores: np.ndarray) -> np.ndarray:
+    """The 3 x 3 x 3 running maximum of (B, N, N) Euler-grid scores: beta clamped at the
+    poles, alpha and gamma periodic (as ``ndimage.maximum_filter`` with modes nearest, wrap,
+    wrap, in a fraction of its time)."""
+    out = scores.copy()
+    np.maximum(out[1:], scores[:-1], out=out[1:])
+    np.maximum(out[:-1], scores[1:], out=out[:-1])
+    for axis in (1, 2):
+        step = out.copy()
+        np.maximum(out, np.roll(step, 1, axis=axis), out=out)
+        np.maximum(out, np.roll(step, -1, axis=axis), out=out)
+    return out
+
+
 def _rotation_peaks(scores: np.ndarray, settings: AlignSettings) -> list[np.ndarray]:
     """The best distinct local maxima of the Euler-grid scores, refined by parabolas."""
-    local = ndimage.maximum_filter(scores, size=3, mode=("nearest", "wrap", "wrap"))
-    candidates = np.flatnonzero(scores.ravel() >= local.ravel())
-    candidates = candidates[np.argsort(scores.ravel()[candidates])[::-1]]
+    values = scores.ravel()
+    candidates = np.flatnonzero(values >= _neighbourhood_max(scores).ravel())
+    # Stable order: by score, ties by grid index.
+    candidates = candidates[np.lexsort((candidates, -values[candidates]))]
     n_beta, count, _ = scores.shape
     step = 2.0 * math.pi / count
     peaks: list[np.ndarray] = []
@@ -513,15 +623,16 @@ def score_rotation(reference: Prepared, moving: Prepared, rotation: np.ndarray,
     box = reference.box
     rotated = transform_volume(moving.volume, rotation)
     b = scipy.fft.rfftn(rotated, workers=settings.fft_workers)
-    overlap = (reference.mask * rotate_mask(moving.mask, rotation, moving.full_mask)
-               * _half_weights(box, settings.score_radius))
-    a = reference.spectrum
-    power = float(np.sum(overlap * np.abs(a) ** 2)) * float(np.sum(overlap * np.abs(b) ** 2))
+    both = reference.mask * rotate_mask(moving.mask, rotation, moving.full_mask)
+    overlap = both * _half_weights(box, settings.score_radius)
+    power = (float(np.vdot(overlap, reference.power))
+             * float(np.vdot(overlap, b.real**2 + b.imag**2)))
     if power <= 0:
         return -1.0, np.zeros(3)
-    # irfftn counts each half-space coefficient as its conjugate pair; the weights above
-    # already do, so they are halved back where they doubled.
-    cross = a * np.conj(b) * (overlap * np.where(overlap > 1.5, 0.5, 1.0))
+    # irfftn counts each half-space coefficient as its conjugate pair, so the cross terms
+    # take the overlap without the weights' doubling.
+    cross = reference.spectrum * np.conj(b)
+    cross *= np.minimum(overlap, 1.0)
     correlation = scipy.fft.irfftn(cross, s=(box,) * 3, workers=settings.fft_workers)
     shift, peak = _shift_peak(correlation * box**3, settings.max_shift_voxels)
     return peak / math.sqrt(power), shift
@@ -535,9 +646,18 @@ def align_prepared(reference: Prepared, moving: Prepared,
     """
     if reference.box != moving.box:
         raise TomosiftError(f"volumes differ in size: {reference.box} and {moving.box}")
-    scores = rotational_scores(reference, moving, settings)
+    peaks = _rotation_peaks(rotational_scores(reference, moving, settings), settings)
+    if len(peaks) > 1 and reference.coarse is not None and moving.coarse is not None:
+        # Screening: the peaks differ by >= peak_separation_deg, which the low shells tell
+        # apart; only the winner's shift and score need the full box.
+        size = reference.coarse.box
+        coarse = replace(settings, score_radius=None,
+                         max_shift_voxels=settings.max_shift_voxels * size / reference.box)
+        screened = [score_rotation(reference.coarse, moving.coarse, rotation, coarse)[0]
+                    for rotation in peaks]
+        peaks = [peaks[int(np.argmax(screened))]]
     best = (-math.inf, np.eye(3), np.zeros(3))
-    for rotation in _rotation_peaks(scores, settings):
+    for rotation in peaks:
         score, shift = score_rotation(reference, moving, rotation, settings)
         if score > best[0]:
             best = (score, rotation, shift)
