@@ -489,6 +489,15 @@ def census_settings(threads):
             "seed": config["seed"], "workers": threads}
 
 
+def census_references(wildcards=None):
+    """The census's reference files: the config's maps, with ``training`` (alone or in the
+    list) standing for the subdivision's model file, whose class averages are the
+    references."""
+    references = SUB["census"]["references"]
+    references = [references] if isinstance(references, str) else references
+    return [SUB_MODEL if entry == "training" else entry for entry in references]
+
+
 def sub_targets():
     if not SUB["enabled"]:
         return []

@@ -278,7 +278,7 @@ rule subdivide_census:
         clusters=f"{SUB_DIR}/clusters.tsv",
         made_from=f"{SUB_DIR}/subdivide.json",
         data=f"{SUB_DIR}/particles.h5",
-        references=SUB["census"]["references"],
+        references=census_references,
     output:
         census=report(
             f"{SUB_DIR}/census/census.tsv",

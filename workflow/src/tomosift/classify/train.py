@@ -34,6 +34,11 @@ network hovers near chance: the demo's DSRF3D at SNR 0.5 scored 0.413 and 0.354.
 are forked so that the caller's global state neither matters nor changes, and a checkpoint
 resumes only on the thread count and device it was written with; the model file records both.
 
+Class averages: after the last epoch, one average per class of at most
+``class_average_members`` (100) train particles, un-posed with their true poses, is stored in
+the model file (20³; :mod:`tomosift.classify.class_averages`), the references of ``tomosift
+census --references training``; a dataset without true poses stores none.
+
 Progress: every epoch ends with a line on stderr (the job's log in the workflow) giving the
 loss, the accuracy, the rate and the time left; within an epoch, a progress bar on a terminal
 or a line every 30 s in a log.
@@ -52,6 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tomosift.classify.class_averages import CLASS_AVERAGE_MEMBERS, class_averages
 from tomosift.classify.devices import (
     as_input,
     choose_device,
@@ -71,7 +77,7 @@ from tomosift.classify.inputs import (
     read_volumes,
 )
 from tomosift.classify.metric import supervised_contrastive_loss
-from tomosift.classify.modelfile import save_model
+from tomosift.classify.modelfile import CLASS_AVERAGES_TENSOR, save_model
 from tomosift.classify.models import build_model
 from tomosift.datasets import open_dataset
 from tomosift.errors import TomosiftError
@@ -131,6 +137,7 @@ def train_cnn(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     method: str | None = None,
+    class_average_members: int = CLASS_AVERAGE_MEMBERS,
 ) -> list[EpochRecord]:
     """Train a CNN on the train split of a dataset file and save it to ``out_path``.
 
@@ -145,14 +152,18 @@ def train_cnn(
             call; for tests of interrupted runs.
         method: the name the model is saved under (default: the architecture); a config's
             named variant, such as ``dsrf3d-bin2``.
+        class_average_members: train particles averaged per class for the stored class
+            averages (module docstring); 0 stores none.
 
     Returns:
         The training history, one record per epoch.
     """
+    if class_average_members < 0:
+        raise TomosiftError(f"class_average_members must be >= 0, got {class_average_members}")
     with limited_threads(settings.threads):
         return _train_cnn(data_path, settings, Path(out_path),
                           Path(checkpoint_path or f"{out_path}.ckpt"), progress,
-                          stop_after_epochs, method)
+                          stop_after_epochs, method, class_average_members)
 
 
 def learning_rate_schedule(optimiser: torch.optim.Optimizer, settings: TrainingSettings,
@@ -169,7 +180,8 @@ def learning_rate_schedule(optimiser: torch.optim.Optimizer, settings: TrainingS
 
 
 def _train_cnn(data_path, settings: TrainingSettings, out_path: Path, checkpoint_path: Path,
-               progress: bool, stop_after_epochs: int | None, method: str | None):
+               progress: bool, stop_after_epochs: int | None, method: str | None,
+               class_average_members: int = CLASS_AVERAGE_MEMBERS):
     data = read_split(data_path, "train", settings.exclude_classes)
     device = choose_device(settings.device)
     # Fork the generators: seeding below neither depends on nor changes the caller's state.
@@ -177,12 +189,13 @@ def _train_cnn(data_path, settings: TrainingSettings, out_path: Path, checkpoint
     with torch.random.fork_rng(devices=forked), \
             deterministic_algorithms(settings.deterministic, device):
         return _train_seeded(data_path, data, device, settings, out_path, checkpoint_path,
-                             progress, stop_after_epochs, method)
+                             progress, stop_after_epochs, method, class_average_members)
 
 
 def _train_seeded(data_path, data: SplitData, device: torch.device, settings: TrainingSettings,
                   out_path: Path, checkpoint_path: Path, progress: bool,
-                  stop_after_epochs: int | None, method: str | None):
+                  stop_after_epochs: int | None, method: str | None,
+                  class_average_members: int = CLASS_AVERAGE_MEMBERS):
     torch.manual_seed(settings.seed)
     try:
         box = binned_box(data.box_voxels, settings.input_binning)
@@ -223,8 +236,14 @@ def _train_seeded(data_path, data: SplitData, device: torch.device, settings: Tr
                             "history": [asdict(r) for r in history]}, tmp)
             if progress:
                 _report_epoch(name, record, settings.epochs, epochs_this_call, history)
+    say = (lambda text: print(f"{name}: {text}", file=sys.stderr, flush=True)) if progress \
+        else None
+    averages = (class_averages(data_path, data.indices, data.labels, data.class_names,
+                               class_average_members, settings.seed, progress=say)
+                if class_average_members else None)
     save_model(out_path, {
         **_trained_on(data),
+        "class_averages": None if averages is None else averages[1],
         "method": name,
         "architecture": settings.architecture,
         "settings": asdict(settings),
@@ -235,7 +254,8 @@ def _train_seeded(data_path, data: SplitData, device: torch.device, settings: Tr
         "reproducibility": {"deterministic": settings.deterministic,
                             "threads": torch.get_num_threads(), "device": str(device),
                             "torch": torch.__version__},
-    }, model.state_dict())
+    }, {**model.state_dict(),
+        **({} if averages is None else {CLASS_AVERAGES_TENSOR: averages[0]})})
     checkpoint_path.unlink(missing_ok=True)
     return history
 
@@ -413,6 +433,7 @@ def train_method(
     progress: bool = True,
     threads: int | None = None,
     device: str = "auto",
+    class_average_members: int = CLASS_AVERAGE_MEMBERS,
 ):
     """Train ``method`` (a CNN architecture, a named variant of one, or ``rif-svm``).
 
@@ -421,6 +442,7 @@ def train_method(
             :class:`TrainingSettings` but seed, threads and device (see
             :func:`method_settings`); for the RIF-SVM the ``rif`` section of the config.
         threads, device: where it runs (they do not change what is learnt).
+        class_average_members: a CNN's stored class averages (see :func:`train_cnn`).
     """
     if method == "rif-svm":
         from tomosift.classify.rif import RifSettings
@@ -433,7 +455,8 @@ def train_method(
         )
     settings = {**settings, "exclude_classes": tuple(settings.get("exclude_classes", ()))}
     training = TrainingSettings(**settings, seed=seed, threads=threads, device=device)
-    return train_cnn(data_path, training, out_path, checkpoint_path, progress, method=method)
+    return train_cnn(data_path, training, out_path, checkpoint_path, progress, method=method,
+                     class_average_members=class_average_members)
 
 
 def settings_from_config(classification: dict, method: str, seed: int) -> TrainingSettings:

@@ -49,6 +49,10 @@ def add_commands(commands) -> None:
     train.add_argument("--embedding-temperature", type=float,
                        default=recipe.embedding_temperature,
                        help="temperature of the contrastive loss")
+    train.add_argument("--class-average-members", type=int, default=100, metavar="N",
+                       help="train particles averaged per class (true poses) for the class "
+                       "averages stored in the model, census --references training "
+                       "(default 100; 0: none)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="test a model on a dataset split")
@@ -81,7 +85,8 @@ def _train(args) -> None:
         embedding_weight=args.embedding_weight,
         embedding_temperature=args.embedding_temperature, schedule=args.schedule,
     )
-    history = train_cnn(args.data, settings, args.out)
+    history = train_cnn(args.data, settings, args.out,
+                        class_average_members=args.class_average_members)
     last = history[-1]
     print(f"{args.out}: {args.model}, {len(history)} epochs, train loss {last.loss:.3f}, "
           f"train accuracy {last.accuracy:.3f}, {last.seconds_per_subtomogram:.4f} s per "

@@ -50,6 +50,9 @@ def add_commands(commands) -> None:
     census.add_argument("--out-dir", required=True, type=Path)
     census.add_argument("--data", type=Path, default=None,
                         help="its dataset, when not where subdivide.json says")
+    census.add_argument("--model", type=Path, default=None,
+                        help="with --references training: the model file, when not the one "
+                             "the subdivision's feature files name")
     census.add_argument("--threads", type=int, default=None)
     census.add_argument("--seed", type=int, default=1)
     _add_census_options(census)
@@ -58,8 +61,9 @@ def add_commands(commands) -> None:
 
 def _add_census_options(parser) -> None:
     parser.add_argument("--references", nargs="+", default=[],
-                        help="reference maps (MRC files or folders) at the data's voxel size: "
-                             "a structure none of them explains is novel")
+                        help="reference maps (MRC files or folders) at the data's voxel size, "
+                             "or 'training': the class averages stored in the model at "
+                             "training time; a structure none of them explains is novel")
     parser.add_argument("--min-members", type=int, default=10,
                         help="smaller subsets are listed as unresolved (default 10)")
     parser.add_argument("--max-members", type=int, default=100,
@@ -87,7 +91,8 @@ def _census_settings(args):
 def _run_census(args, subdivision: Path, out_dir: Path, data: Path | None) -> None:
     from tomosift.subdivide.census import census, summary_lines
 
-    result = census(subdivision, out_dir, args.references, _census_settings(args), data)
+    result = census(subdivision, out_dir, args.references, _census_settings(args), data,
+                    model_path=args.model)
     for line in summary_lines(result.table, result.unresolved, result.merged.threshold):
         print(line)
     print(f"outputs in {out_dir}: census.tsv, members.tsv, unresolved.tsv, structures/ "

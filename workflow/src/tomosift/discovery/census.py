@@ -194,14 +194,18 @@ def pair_ratio(first: SubsetAverage, second: SubsetAverage, settings: AlignSetti
 
 
 def reference_score(structure: SubsetAverage, reference: np.ndarray,
-                    settings: AlignSettings) -> float:
+                    settings: AlignSettings, band_limit: int | None = None) -> float:
     """The reference aligned onto the structure: the last shell of their FSC >= 0.5 over the
     last shell of the structure's half-set FSC >= 0.143 (1 = the reference explains the map
-    to its own resolution)."""
+    to its own resolution). ``band_limit``: the last shell a band-limited reference holds;
+    the structure's resolved shells count up to it only."""
     alignment = align_prepared(structure.prepared(settings), prepare(reference, None, settings),
                                settings)
     fsc = masked_fsc(structure.average, _turned(reference, alignment))
-    return last_shell_above(fsc, 0.5) / max(structure.resolved_shell, 1)
+    resolved = structure.resolved_shell
+    if band_limit is not None:
+        resolved = min(resolved, band_limit)
+    return last_shell_above(fsc, 0.5) / max(resolved, 1)
 
 
 def merge_pair(first: SubsetAverage, second: SubsetAverage, alignment: Alignment
@@ -322,9 +326,11 @@ def merge_averages(averages: Sequence[SubsetAverage],
 
 
 def nearest_references(structures: Sequence[SubsetAverage], references: dict[str, np.ndarray],
-                       settings: CensusSettings) -> list[tuple[str, float]]:
+                       settings: CensusSettings, band_limits: dict[str, int] | None = None
+                       ) -> list[tuple[str, float]]:
     """Per structure (the reference with the highest :func:`reference_score`, that score);
-    ("", nan) without references or for a structure that resolves too little to compare."""
+    ("", nan) without references or for a structure that resolves too little to compare.
+    ``band_limits``: the last shell each band-limited reference holds (by name)."""
     if not references:
         return [("", float("nan"))] * len(structures)
     names = list(references)
@@ -332,7 +338,8 @@ def nearest_references(structures: Sequence[SubsetAverage], references: dict[str
     def nearest(structure: SubsetAverage) -> tuple[str, float]:
         if structure.resolved_shell < MIN_RESOLVED_SHELLS:
             return "", float("nan")
-        scores = [reference_score(structure, references[name], settings.align)
+        scores = [reference_score(structure, references[name], settings.align,
+                                  (band_limits or {}).get(name))
                   for name in names]
         best = int(np.argmax(scores))
         return names[best], float(scores[best])

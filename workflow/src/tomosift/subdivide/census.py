@@ -19,6 +19,13 @@ Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its data
 - ``census.png`` (central slices, novel structures marked), ``similarity.png`` and
   ``similarity.tsv`` (the same-structure ratio of every pair of averaged subsets),
   ``census.json`` (calibration and merges).
+
+References are MRC maps at the data's voxel size, or ``training``: the class averages stored
+in the model file (:mod:`tomosift.classify.class_averages`; the model is ``model_path``, else
+the one the subdivision's feature files name), or a model file given as a reference. Each
+20³ average is brought to the data's voxel size by zero-padding its spectrum and to its box
+by centring; it holds nothing beyond its own Nyquist shell, so a structure's reference score
+against it counts the structure's resolved shells only up to that shell (the band limit).
 """
 
 from __future__ import annotations
@@ -42,6 +49,21 @@ from tomosift.discovery.census import (
 from tomosift.errors import TomosiftError
 
 REFERENCE_SUFFIXES = (".mrc", ".map", ".mrcs")
+#: The reference that names the class averages of the model the subdivision used.
+TRAINING = "training"
+#: Model files given as references.
+MODEL_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass
+class References:
+    """Reference maps on the data's grid (name -> (box,)*3 map), the band limit (the last
+    Fourier shell they hold, in the data's box) of those that have one, and where the
+    model-file references came from."""
+
+    maps: dict[str, np.ndarray]
+    band_limits: dict[str, int]
+    models: list[str]
 
 
 @dataclass
@@ -89,6 +111,87 @@ def read_references(paths: list[str | os.PathLike], voxel_size_nm: float, box: i
             raise TomosiftError(f"{path}: not a cubic map (shape {volume.shape})")
         references[path.stem] = _fit_box(np.asarray(volume, dtype=np.float32), box)
     return references
+
+
+def subdivision_model(folder: str | os.PathLike) -> Path:
+    """The model file the subdivision's features were computed with: the ``model`` its
+    feature files (``features.h5``, ``features/*.h5``) record, checked against their
+    ``model_sha256``; refused in one line when not recorded, gone or changed."""
+    import h5py
+
+    folder = Path(folder)
+    recorded = set()
+    for path in [folder / "features.h5", *sorted((folder / "features").glob("*.h5"))]:
+        if path.is_file():
+            with h5py.File(path, "r") as h5:
+                if "model" in h5.attrs:
+                    recorded.add((str(h5.attrs["model"]), str(h5.attrs.get("model_sha256"))))
+    if len(recorded) != 1:
+        why = "no feature file records it" if not recorded else "its feature files name several"
+        raise TomosiftError(f"{folder}: --references {TRAINING} needs the subdivision's model, "
+                            f"and {why}; give it with --model")
+    named, sha = recorded.pop()
+    model = Path(named)
+    if not model.is_file():
+        raise TomosiftError(f"{model}: the subdivision's model file is gone; give it with "
+                            f"--model")
+    from tomosift.subdivide.shards import file_sha256
+
+    if file_sha256(model) != sha:
+        raise TomosiftError(f"{model}: changed since the subdivision's features were "
+                            f"computed; give the model with --model")
+    return model
+
+
+def training_references(model_path: str | os.PathLike, voxel_size_nm: float, box: int
+                        ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """A model file's class averages on the data's grid (name -> (box,)*3 map: its spectrum
+    zero-padded to the data's voxel size, then centred in or cut to ``box``) and each one's
+    band limit, the last shell of the data's box it holds; a model without averages is
+    refused in one line naming the file."""
+    from tomosift.classify.class_averages import fourier_resize, stored_averages
+    from tomosift.classify.modelfile import load_model
+
+    averages, reference_voxel = stored_averages(load_model(model_path), model_path)
+    if not averages:
+        raise TomosiftError(f"{model_path}: the model file holds no class average but the "
+                            f"empty class's")
+    size = next(iter(averages.values())).shape[0]
+    exact = size * reference_voxel / voxel_size_nm
+    resized = round(exact)
+    if resized < 2 or abs(resized - exact) > 1e-3 * exact:
+        raise TomosiftError(f"{model_path}: its class averages ({size}³ at "
+                            f"{reference_voxel:.4g} nm) cannot be resampled to the data's "
+                            f"{voxel_size_nm:.4g} nm voxels (a {exact:.3f}-voxel box)")
+    band = int(np.floor(min(size, resized) / 2 * box / resized + 1e-6))
+    maps = {name: _fit_box(fourier_resize(volume, resized), box)
+            for name, volume in averages.items()}
+    return maps, dict.fromkeys(maps, band)
+
+
+def resolve_references(entries: list[str | os.PathLike], voxel_size_nm: float, box: int,
+                       folder: str | os.PathLike,
+                       model_path: str | os.PathLike | None = None) -> References:
+    """The references of a census (module docstring): MRC files and folders, ``training``
+    (the class averages of ``model_path``, else of the subdivision's model) and model
+    files."""
+    maps, band_limits, models, files = {}, {}, [], []
+    for entry in entries:
+        if str(entry) == TRAINING:
+            model = Path(model_path) if model_path is not None else subdivision_model(folder)
+        elif Path(entry).suffix in MODEL_SUFFIXES and Path(entry).is_file():
+            model = Path(entry)
+        else:
+            files.append(entry)
+            continue
+        found, limits = training_references(model, voxel_size_nm, box)
+        maps.update(found)
+        band_limits.update(limits)
+        models.append(str(model))
+    for name, volume in read_references(files, voxel_size_nm, box).items():
+        maps[name] = volume
+        band_limits.pop(name, None)
+    return References(maps, band_limits, models)
 
 
 def _fit_box(volume: np.ndarray, box: int) -> np.ndarray:
@@ -141,9 +244,11 @@ def _subset_average(data: Path, out: Path, number: int, members: np.ndarray,
 def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
            references: list[str | os.PathLike] | None = None,
            settings: CensusSettings | None = None,
-           data_path: str | os.PathLike | None = None, progress: bool = True) -> CensusResult:
+           data_path: str | os.PathLike | None = None, progress: bool = True,
+           model_path: str | os.PathLike | None = None) -> CensusResult:
     """Average every subset large enough, merge the subsets of one structure and compare
-    the structures with the references; writes the files of the module docstring."""
+    the structures with the references (:func:`resolve_references`; ``model_path``: the
+    model of ``training``); writes the files of the module docstring."""
     import pandas as pd
 
     from tomosift.discovery.fsc import compute_fsc, soft_sphere_mask
@@ -170,8 +275,9 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
     geometry = data_geometry(data)
     voxel = geometry["voxel_size_nm"]
     # references checked before the long averaging, when the dataset names its voxel size
-    reference_maps = (read_references(list(references or []), voxel, geometry["box"])
-                      if voxel is not None else None)
+    reference_set = (resolve_references(list(references or []), voxel, geometry["box"],
+                                        folder, model_path)
+                     if voxel is not None else None)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else None
     averages = []
     for count, number in enumerate(eligible, 1):
@@ -196,10 +302,15 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
                             clusters_tsv.stat().st_mtime, False, part)[0]
             for group, part in zip(groups, ("_a", "_b"), strict=True)))
     box = averages[0].halves.shape[-1]
-    if reference_maps is None:
-        reference_maps = read_references(list(references or []), voxel, box)
+    if reference_set is None:
+        reference_set = resolve_references(list(references or []), voxel, box, folder,
+                                           model_path)
+    reference_maps = reference_set.maps
     merged = merge_averages(averages, calibration_pairs, settings, progress=say)
-    nearest = nearest_references(merged.structures, reference_maps, settings)
+    # band-limited references (class averages): the structure's resolved shells are counted
+    # up to their band limit only (tomosift.discovery.census.reference_score)
+    nearest = nearest_references(merged.structures, reference_maps, settings,
+                                 reference_set.band_limits)
     size_of = dict(zip(numbers.tolist(), sizes.tolist(), strict=True))
     rows, structure_of = [], {}
     for number, (structure, (name, score)) in enumerate(
@@ -216,7 +327,7 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      "novel": is_novel(score, settings) if reference_maps else True})
     frame = pd.DataFrame(rows)
     files = _write_outputs(out, folder, frame, merged, structure_of, unresolved, indices,
-                           subsets, size_of, voxel, settings, eligible)
+                           subsets, size_of, voxel, settings, eligible, reference_set)
     return CensusResult(frame, merged, unresolved, files)
 
 
@@ -249,7 +360,8 @@ def summary_lines(frame, unresolved: list[int], threshold: float) -> list[str]:
 def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structure_of: dict,
                    unresolved: list[int], indices: np.ndarray, subsets: np.ndarray,
                    size_of: dict, voxel: float,
-                   settings: CensusSettings, order: list[int]) -> dict:
+                   settings: CensusSettings, order: list[int],
+                   references: References | None = None) -> dict:
     import pandas as pd
 
     from tomosift.io import write_mrc, write_star, write_text
@@ -289,6 +401,9 @@ def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structur
                  "calibration_ratios": [round(float(r), 4) for r in merged.calibration_ratios],
                  "merges": [{"first": a, "second": b, "ratio": round(r, 4)}
                             for a, b, r in merged.merges]}
+    if references is not None and references.models:
+        made_from["class_average_references"] = {"models": references.models,
+                                                 "band_limits": references.band_limits}
     write_text(files["made_from"], json.dumps(made_from, indent=1) + "\n")
     return files
 
