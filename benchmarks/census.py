@@ -17,7 +17,7 @@ the maps of the classes the network was trained on as references, and prints:
     TOMOSIFT_STRUCTURE_DIRS=../shared/structures:../shared/maps python benchmarks/census.py \\
         --loo-dir results/leave_one_out --source dsrf3d-bin2-embedding --fold 1 \\
         --data results/datasets/dose80_tilt60.h5 --densities results/densities \\
-        --out-dir results/benchmarks/census_fold1 [--max-members 50] [--threads 2]
+        --out-dir results/benchmarks/census_fold1 [--max-members 50 (0: all)] [--threads 2]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--densities", type=Path, required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--max-members", type=int, default=50)
+    parser.add_argument("--max-members", type=int, default=50, help="0 = every member")
     parser.add_argument("--min-members", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -72,7 +72,7 @@ def main() -> None:
     folder = subdivision_folder(args.loo_dir / "clusters" / args.source / f"fold_{args.fold}.tsv",
                                 args.data, args.out_dir)
     started = time.time()
-    settings = CensusSettings(min_members=args.min_members, max_members=args.max_members,
+    settings = CensusSettings(min_members=args.min_members, max_members=args.max_members or None,
                               workers=args.threads)
     result = census(folder, args.out_dir / "census", references, settings)
     seconds = time.time() - started

@@ -261,6 +261,30 @@ def test_peak_screening_keeps_the_pose_of_a_symmetric_complex(structure_path, rn
         assert matches[0] > 0.85 and matches[0] > matches[1] - 0.03, matches
 
 
+def test_fourier_space_screen_scores_like_the_real_space_check(asymmetric_map, rng):
+    """screen_rotation turns the spectrum (trilinear on the 2x oversampled grid) instead of
+    the volume: at the true pose and at a wrong one it gives the constrained correlation
+    that score_rotation gives on the same cropped volumes, to within a few hundredths."""
+    from dataclasses import replace
+
+    from tomosift.discovery.align import score_rotation, screen_rotation
+
+    settings = AlignSettings()
+    mask = wedge_mask(BOX, -60, 60)
+    particle, rotation, _ = _particle(asymmetric_map, rng, mask, snr=1.0)
+    reference = prepare(asymmetric_map, None, settings).coarse
+    moving = prepare(particle, mask, settings).coarse
+    cropped = replace(settings, score_radius=None, max_shift_voxels=4.0)
+    wrong = rotation.T @ Rotation.from_euler("z", 60, degrees=True).as_matrix()
+    true_real = score_rotation(reference, moving, rotation.T, cropped)[0]
+    true_fourier = screen_rotation(reference, moving, rotation.T, 4.0)
+    wrong_real = score_rotation(reference, moving, wrong, cropped)[0]
+    wrong_fourier = screen_rotation(reference, moving, wrong, 4.0)
+    assert true_fourier == pytest.approx(true_real, abs=0.05)
+    assert wrong_fourier == pytest.approx(wrong_real, abs=0.05)
+    assert true_fourier > wrong_fourier + 0.2
+
+
 def test_coarse_box_holds_the_search_shells():
     assert coarse_box(40, AlignSettings()) == 26  # shells 2 .. 12, Nyquist 13
     assert coarse_box(24, AlignSettings(shell_max=10, score_radius=10.0)) == 22
