@@ -97,27 +97,12 @@ def legacy_rotational_scores(reference: Prepared, moving: Prepared, settings: Al
 
 
 def legacy_peaks(scores: np.ndarray, settings: AlignSettings) -> list[np.ndarray]:
-    """The peaks as found before issue 20: scipy's maximum filter over the whole grid."""
+    """The peaks as found before issue 20: scipy's maximum filter over the whole grid (the
+    sub-grid refinement and the separation are today's, unchanged)."""
     local = ndimage.maximum_filter(scores, size=3, mode=("nearest", "wrap", "wrap"))
     candidates = np.flatnonzero(scores.ravel() >= local.ravel())
     candidates = candidates[np.argsort(scores.ravel()[candidates])[::-1]]
-    n_beta, count, _ = scores.shape
-    step = 2.0 * math.pi / count
-    offset = align_module._parabola_offset
-    peaks: list[np.ndarray] = []
-    for flat in candidates:
-        i, j, k = np.unravel_index(flat, scores.shape)
-        centre = scores[i, j, k]
-        di = offset(scores[i - 1, j, k], centre, scores[i + 1, j, k]) if 0 < i < n_beta - 1 else 0
-        dj = offset(scores[i, j - 1, k], centre, scores[i, (j + 1) % count, k])
-        dk = offset(scores[i, j, k - 1], centre, scores[i, j, (k + 1) % count])
-        rotation = align_module._zyz((j + dj) * step, (i + 0.5 + di) * step, (k + dk) * step)
-        if all(rotation_angle_deg(rotation, other) >= settings.peak_separation_deg
-               for other in peaks):
-            peaks.append(rotation)
-            if len(peaks) == settings.peaks:
-                break
-    return peaks
+    return align_module.distinct_peaks(scores, candidates, settings)
 
 
 def legacy_score_rotation(reference: Prepared, moving: Prepared, rotation: np.ndarray,

@@ -652,7 +652,15 @@ def _rotation_peaks(scores: np.ndarray, settings: AlignSettings) -> list[np.ndar
     values = scores.ravel()
     candidates = np.flatnonzero(values >= _neighbourhood_max(scores).ravel())
     # Stable order: by score, ties by grid index.
-    candidates = candidates[np.lexsort((candidates, -values[candidates]))]
+    return distinct_peaks(scores, candidates[np.lexsort((candidates, -values[candidates]))],
+                          settings)
+
+
+def distinct_peaks(scores: np.ndarray, candidates: np.ndarray, settings: AlignSettings
+                   ) -> list[np.ndarray]:
+    """Rotations (3, 3) of the Euler-grid cells ``candidates`` (flat indices, best first),
+    refined to sub-grid by parabolas, each at least ``peak_separation_deg`` from the ones
+    kept before it; at most ``settings.peaks``."""
     n_beta, count, _ = scores.shape
     step = 2.0 * math.pi / count
     peaks: list[np.ndarray] = []
