@@ -13,6 +13,7 @@ from tomosift.discovery.census import (
     SubsetAverage,
     agreement_ratio,
     expected_correlation,
+    has_density,
     is_novel,
     merge_averages,
     nearest_references,
@@ -83,6 +84,16 @@ def test_a_structure_without_its_reference_is_novel(census_of_four, maps):
     only_one = nearest_references(structures, {"1u6g": maps["1u6g"]}, settings)
     novel = [is_novel(score, settings) for _, score in only_one]
     assert novel == [name == "4v1w" for name in truth]
+
+
+def test_an_average_of_noise_has_no_density_and_is_not_novel(census_of_four, rng):
+    """Two half-maps of independent noise (as an average of empty boxes) agree on no shell:
+    no resolved density, so the census lists it but never calls it novel; the complexes'
+    averages of 20 particles at SNR 0.1 do resolve."""
+    noise = rng.normal(size=(2, 40, 40, 40)).astype(np.float32)
+    blank = SubsetAverage(noise, np.ones((40, 40, 21), dtype=np.float32), 20, [9])
+    assert blank.resolved_shell < 2 and not has_density(blank)
+    assert all(has_density(structure) for structure in census_of_four.structures)
 
 
 def test_settings_are_checked():

@@ -386,7 +386,9 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
     printed = capsys.readouterr().out
     table = pd.read_csv(out / "census/census.tsv", sep="\t")
     members = pd.read_csv(out / "census/members.tsv", sep="\t")
-    assert f"{len(table)} structures (1 novel) in 4 subsets" in printed, printed[-600:]
+    assert (f"{len(table)} structures (1 novel, 0 without resolved density) in 4 subsets"
+            in printed), printed[-600:]
+    assert table["resolved"].all()
     assert sorted(members["index"]) == list(range(N))
     assert "2,3" in set(table["subsets"].astype(str))  # 1bxn: one structure, alone
     for row in table.itertuples():

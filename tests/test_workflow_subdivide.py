@@ -3,6 +3,8 @@ subtomograms -> features in shards -> subsets as RELION 5 STAR files -> averages
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -38,7 +40,7 @@ subdivide:
   average_members: 5
   average_iterations: 1
   embedding_points: 12
-  census: {min_members: 2, max_members: 5}
+  census: {min_members: 2, max_members: 5, references: training}
 """
 
 
@@ -96,6 +98,13 @@ def test_tomograms_become_relion_subsets(subdivided):
     assert census["particles"].sum() == (members["structure"] > 0).sum() > 0
     for number in census["structure"]:
         assert (results / f"census/structures/structure_{number:03d}.star").is_file()
+    # references: training = the class averages the workflow's model stored (band limit:
+    # shell 10 of the 40³ box); a structure is compared with the trained classes only
+    made = json.loads((results / "census/census.json").read_text())
+    averages = made["class_average_references"]
+    assert set(averages["band_limits"]) == {"3hhb", "prx", "3gl1"}
+    assert set(averages["band_limits"].values()) == {10}
+    assert set(census["nearest_reference"].dropna()) <= {"3hhb", "prx", "3gl1"}
     for figure in ("cluster_sizes.png", "embedding.png", "averages.png", "census/census.png",
                    "census/similarity.png"):
         assert (results / figure).stat().st_size > 5000

@@ -350,3 +350,10 @@ def nearest_references(structures: Sequence[SubsetAverage], references: dict[str
 def is_novel(reference_score_value: float, settings: CensusSettings) -> bool:
     """True when the nearest reference does not explain the structure (nan: no reference)."""
     return not reference_score_value >= 1.0 / settings.reference_resolution_factor
+
+
+def has_density(structure: SubsetAverage) -> bool:
+    """Whether a structure's half-maps agree (FSC >= 0.143) on at least
+    :data:`MIN_RESOLVED_SHELLS` shells: an average without is noise or a featureless blob
+    (empty boxes, for one), which is neither known nor novel."""
+    return structure.resolved_shell >= MIN_RESOLVED_SHELLS

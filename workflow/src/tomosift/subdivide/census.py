@@ -10,7 +10,8 @@ Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its data
   seed, when newer than ``clusters.tsv``);
 - ``census.tsv``: one row per structure (``structure``, ``subsets``, ``particles``,
   ``resolution_nm`` (half-set FSC 0.143), ``nearest_reference``, ``reference_score``,
-  ``novel``);
+  ``novel``, ``resolved``: whether its half-maps agree on at least 2 Fourier shells; a
+  structure without resolved density, such as an average of empty boxes, is never novel);
 - ``members.tsv``: one row per particle of the subdivision (``index``, ``subset``,
   ``structure``; 0 for the members of subsets too small to average);
 - ``unresolved.tsv``: the subsets too small to average (``subset``, ``members``);
@@ -42,6 +43,7 @@ from tomosift.discovery.census import (
     CensusSettings,
     MergeResult,
     SubsetAverage,
+    has_density,
     is_novel,
     merge_averages,
     nearest_references,
@@ -324,7 +326,9 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      "resolution_nm": round(resolution, 3),
                      "nearest_reference": name,
                      "reference_score": round(score, 3) if np.isfinite(score) else np.nan,
-                     "novel": is_novel(score, settings) if reference_maps else True})
+                     "novel": has_density(structure)
+                     and (is_novel(score, settings) if reference_maps else True),
+                     "resolved": has_density(structure)})
     frame = pd.DataFrame(rows)
     files = _write_outputs(out, folder, frame, merged, structure_of, unresolved, indices,
                            subsets, size_of, voxel, settings, eligible, reference_set)
@@ -347,8 +351,10 @@ def _calibration_subsets(eligible: list[int], averages: list[SubsetAverage],
 def summary_lines(frame, unresolved: list[int], threshold: float) -> list[str]:
     """A few lines for the terminal and the log."""
     novel = int(frame["novel"].sum())
+    blank = int((~frame["resolved"]).sum())
     averaged = sum(len(s.split(",")) for s in frame["subsets"])
-    lines = [f"{len(frame)} structures ({novel} novel) in {averaged} subsets; "
+    lines = [f"{len(frame)} structures ({novel} novel, {blank} without resolved density) in "
+             f"{averaged} subsets; "
              f"{len(unresolved)} subsets too small to average; merge threshold "
              f"{threshold:.3f}"]
     if not np.isfinite(threshold):
@@ -426,7 +432,8 @@ def _plot_gallery(path: Path, frame, structures: list[SubsetAverage], voxel: flo
     from tomosift.plots import density_montage
 
     names = [f"S{row.structure}: {row.particles} particles\n{row.resolution_nm:.1f} nm, "
-             + ("NOVEL" if row.novel else f"~ {row.nearest_reference}")
+             + ("NOVEL" if row.novel else f"~ {row.nearest_reference}" if row.resolved
+                else "no density")
              for row in frame.itertuples()]
     density_montage(names, [s.average for s in structures], voxel, path)
 
