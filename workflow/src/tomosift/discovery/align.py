@@ -470,8 +470,9 @@ def prepare(volume: np.ndarray, mask: np.ndarray | None,
     coarse = None
     size = coarse_box(box, settings)
     if settings.screen_peaks and size < box:
-        coarse_spectrum = _crop_half(spectrum, size)
-        coarse_mask = _crop_half(mask, size)
+        # scaled so that its irfftn is the m³ resampling of the n³ volume
+        coarse_spectrum = crop_half_spectrum(spectrum, size) * np.float32((size / box) ** 3)
+        coarse_mask = crop_half_spectrum(mask, size)
         coarse_volume = scipy.fft.irfftn(coarse_spectrum, s=(size,) * 3,
                                          workers=settings.fft_workers)
         coarse = Prepared(coarse_volume.astype(np.float32), coarse_spectrum, coarse_mask,
@@ -543,15 +544,14 @@ def coarse_box(box: int, settings: AlignSettings) -> int:
     return int(min(box, 2 * (top + 1)))
 
 
-def _crop_half(array: np.ndarray, size: int) -> np.ndarray:
-    """The central frequencies of an (n, n, n // 2 + 1) rfftn-layout array as
-    (m, m, m // 2 + 1), scaled so that its irfftn is the m³ resampling of the n³ volume."""
+def crop_half_spectrum(array: np.ndarray, size: int) -> np.ndarray:
+    """The central frequencies of an (n, n, n // 2 + 1) rfftn-layout array, as
+    (m, m, m // 2 + 1)."""
     box = array.shape[0]
+    if size == box:
+        return array
     keep = np.r_[0: (size + 1) // 2, box - size // 2: box]
-    cropped = np.ascontiguousarray(array[keep][:, keep][:, :, : size // 2 + 1])
-    if np.iscomplexobj(cropped):
-        cropped *= np.float32((size / box) ** 3)
-    return cropped
+    return np.ascontiguousarray(array[keep][:, keep][:, :, : size // 2 + 1])
 
 
 # -- search -------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from tomosift.discovery.align import (
     _full_mask,
     _half_weights,
     align_prepared,
+    crop_half_spectrum,
     prepare,
     rotate_mask,
     rotate_weights,
@@ -319,16 +320,6 @@ def crop_box(top_shell: int, box: int) -> int:
     """The even box m <= n whose Nyquist shell lies 3 shells beyond ``top_shell``: alignment on
     shells <= top_shell sees the same Fourier coefficients on m³ voxels as on n³."""
     return int(min(box, 2 * (top_shell + 3)))
-
-
-def crop_half_spectrum(array: np.ndarray, size: int) -> np.ndarray:
-    """The central frequencies of an (n, n, n // 2 + 1) rfftn-layout array, as
-    (m, m, m // 2 + 1)."""
-    box = array.shape[0]
-    if size == box:
-        return array
-    keep = np.r_[0: (size + 1) // 2, box - size // 2: box]
-    return np.ascontiguousarray(array[keep][:, keep][:, :, : size // 2 + 1])
 
 
 def _crop(volume: np.ndarray, size: int) -> np.ndarray:
