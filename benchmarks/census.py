@@ -18,6 +18,10 @@ the maps of the classes the network was trained on as references, and prints:
         --loo-dir results/leave_one_out --source dsrf3d-bin2-embedding --fold 1 \\
         --data results/datasets/dose80_tilt60.h5 --densities results/densities \\
         --out-dir results/benchmarks/census_fold1 [--max-members 50 (0: all)] [--threads 2]
+
+``--oracle-chunks N`` replaces the clusters by a perfect subdivision: each true class's test
+members split at random into N subsets. It asks what the census itself can do when every
+subset is pure: which structures the data let it tell apart, and where the threshold falls.
 """
 
 from __future__ import annotations
@@ -36,9 +40,23 @@ from tomosift.discovery.census import CensusSettings
 from tomosift.subdivide.census import census
 
 
-def subdivision_folder(clusters_tsv: Path, data: Path, out: Path) -> Path:
-    """A subdivision folder (clusters.tsv numbered from 1, subdivide.json) of LOO clusters."""
+def oracle_clusters(table: pd.DataFrame, chunks: int, seed: int = 1) -> pd.DataFrame:
+    """The same particles with each true class split at random into ``chunks`` clusters."""
+    rng = np.random.default_rng(seed)
+    cluster = np.empty(len(table), dtype=np.int64)
+    for number, name in enumerate(sorted(table["class"].unique())):
+        rows = np.flatnonzero((table["class"] == name).to_numpy())
+        cluster[rng.permutation(rows)] = number * chunks + np.arange(rows.size) % chunks
+    return table.assign(cluster=cluster)
+
+
+def subdivision_folder(clusters_tsv: Path, data: Path, out: Path, oracle_chunks: int = 0
+                       ) -> Path:
+    """A subdivision folder (clusters.tsv numbered from 1, subdivide.json) of LOO clusters
+    (or, with ``oracle_chunks``, of the true classes split in that many subsets each)."""
     table = pd.read_csv(clusters_tsv, sep="\t")
+    if oracle_chunks:
+        table = oracle_clusters(table, oracle_chunks)
     folder = out / "subdivision"
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"index": table["index"], "cluster": table["cluster"] + 1
@@ -62,6 +80,8 @@ def main() -> None:
     parser.add_argument("--max-members", type=int, default=50, help="0 = every member")
     parser.add_argument("--min-members", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--oracle-chunks", type=int, default=0,
+                        help="subsets = each true class split in this many (0: the clusters)")
     args = parser.parse_args()
 
     print(machine_line())
@@ -70,7 +90,7 @@ def main() -> None:
     known = sorted(set(folds["class"]) - set(held_out))
     references = [args.densities / f"{name}.mrc" for name in known]
     folder = subdivision_folder(args.loo_dir / "clusters" / args.source / f"fold_{args.fold}.tsv",
-                                args.data, args.out_dir)
+                                args.data, args.out_dir, args.oracle_chunks)
     started = time.time()
     settings = CensusSettings(min_members=args.min_members, max_members=args.max_members or None,
                               workers=args.threads)
@@ -86,7 +106,9 @@ def main() -> None:
     ari = adjusted_rand_score(members["class"], labels)
     print(f"source {args.source}, fold {args.fold}: held out {', '.join(held_out)}; "
           f"{len(known)} known classes as references; max {args.max_members} members per "
-          f"subset average, min {args.min_members}")
+          f"subset average, min {args.min_members}"
+          + (f"; oracle subsets: each class in {args.oracle_chunks}" if args.oracle_chunks
+             else ""))
     print(f"structures found: {len(table)} (classes present: {present}); unresolved subsets: "
           f"{len(result.unresolved)}; threshold {result.merged.threshold:.3f}; ARI "
           f"{ari:.3f}; census {seconds / 60:.1f} min")

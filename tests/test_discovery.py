@@ -184,8 +184,11 @@ def test_strict_criterion_fails_a_mixed_average_that_passes_7_nm(clean_dataset, 
     test = read_split(clean_dataset, "test")
     target = NAMES.index("1bxn")
     members = test.indices[test.labels == target]  # 10 test subtomograms of 1bxn
-    others = test.indices[test.labels == NAMES.index("3hhb")]
-    # cluster 0: six pure 1bxn; cluster 1: four 1bxn and four 3hhb (50/50)
+    # A partner of comparable mass (1qvr, 514 kDa vs 1bxn's 480): with 3hhb (60 kDa) the
+    # mixture's verdict hung on the refinement's start (1.05-1.75x the reference over seeds
+    # 1-3); with 1qvr it measured 1.42-2.01x.
+    others = test.indices[test.labels == NAMES.index("1qvr")]
+    # cluster 0: six pure 1bxn; cluster 1: four 1bxn and four 1qvr (50/50)
     clusters = pd.DataFrame({"index": np.concatenate([members[:6], members[6:], others[:4]]),
                              "cluster": [0] * 6 + [1] * 8})
     clusters["label"] = [int(test.labels[test.indices == i][0]) for i in clusters["index"]]
@@ -204,7 +207,7 @@ def test_strict_criterion_fails_a_mixed_average_that_passes_7_nm(clean_dataset, 
     assert pure.resolution_nm <= 1.2 * pure.reference_nm
     # the mixed average passes the paper's 7 nm but is well short of 8 true members' average
     assert mixed.success and mixed.resolution_nm < 7.0
-    assert mixed.resolution_nm > 1.4 * mixed.reference_nm and not mixed.success_strict
+    assert mixed.resolution_nm > 1.2 * mixed.reference_nm and not mixed.success_strict
     assert (tmp_path / "ref/n00006/reference.json").is_file()
     assert (tmp_path / "ref/n00008/average_on_truth.mrc").is_file()
 

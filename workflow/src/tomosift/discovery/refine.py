@@ -393,8 +393,8 @@ def _align_settings(settings: RefineSettings, limit: int, box: int
     size = crop_box(top, box)
     # No peak screening: the refinement's full searches (the start, the half-map registration)
     # are a handful per iteration, so screening saves nothing here, and it changes which of
-    # near-equal peaks a few-particle start takes (tests/test_discovery.py's 4 + 4 mixture
-    # averaged to 2.34 nm with it, 3.41 nm without).
+    # near-equal peaks a few-particle start takes (a 4 + 4 mixture of 1bxn and 3hhb averaged
+    # to 2.34 nm with it, 3.41 nm without).
     return replace(settings.align, shell_min=min(settings.align.shell_min, top),
                    shell_max=top, score_radius=float(top), screen_peaks=False,
                    max_shift_voxels=settings.align.max_shift_voxels * size / box), size
