@@ -42,16 +42,22 @@ def _subset_average(volume, seed, number, count=PER_SUBSET):
 
 
 @pytest.fixture(scope="module")
-def census_of_four(maps):
-    """Subsets 1, 2 of 1u6g and 3, 4 of 4v1w, merged; calibrated on two independent
-    averages of 10 particles of each complex."""
+def four_subsets(maps):
+    """Subsets 1, 2 of 1u6g and 3, 4 of 4v1w; calibration pairs: two independent averages of
+    10 particles of each complex."""
     averages = [_subset_average(maps[name], seed, number)
                 for number, (name, seed) in enumerate(
                     [("1u6g", 1), ("1u6g", 2), ("4v1w", 3), ("4v1w", 4)], 1)]
     calibration = [(_subset_average(maps[name], seed, 0, 10),
                     _subset_average(maps[name], seed + 1, 0, 10))
                    for name, seed in (("1u6g", 10), ("4v1w", 20))]
-    return merge_averages(averages, calibration, CensusSettings(workers=2))
+    return averages, calibration
+
+
+@pytest.fixture(scope="module")
+def census_of_four(four_subsets):
+    """The four subsets merged with the calibrated threshold."""
+    return merge_averages(*four_subsets, CensusSettings(workers=2))
 
 
 def test_expected_fsc_of_an_average_from_its_half_sets():
@@ -72,6 +78,18 @@ def test_identical_structures_merge_and_different_ones_do_not(census_of_four):
     assert ratios[0, 1] >= merged.threshold and ratios[2, 3] >= merged.threshold
     assert np.max(ratios[:2, 2:]) < 0.7 * merged.threshold, ratios
     assert {s.particles for s in merged.structures} == {2 * PER_SUBSET}
+
+
+def test_a_fixed_threshold_replaces_the_calibrated_one(four_subsets, census_of_four):
+    """Above every pair ratio nothing merges; near 0 (below any two positively correlated
+    averages) all merge into one; the calibration is measured either way."""
+    ratios = census_of_four.pair_ratios
+    above = float(np.nanmax(ratios)) + 0.01
+    apart = merge_averages(*four_subsets, CensusSettings(workers=2, threshold=above))
+    assert apart.threshold == above and len(apart.structures) == 4 and not apart.merges
+    together = merge_averages(*four_subsets, CensusSettings(workers=2, threshold=0.001))
+    assert len(together.structures) == 1 and together.structures[0].particles == 4 * PER_SUBSET
+    assert together.same_level == pytest.approx(census_of_four.same_level)
 
 
 def test_a_structure_without_its_reference_is_novel(census_of_four, maps):
@@ -101,3 +119,5 @@ def test_settings_are_checked():
         CensusSettings(min_members=1)
     with pytest.raises(TomosiftError, match="calibration_quantile"):
         CensusSettings(calibration_quantile=1.5)
+    with pytest.raises(TomosiftError, match="threshold must be in"):
+        CensusSettings(threshold=0.0)

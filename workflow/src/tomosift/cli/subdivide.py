@@ -76,6 +76,10 @@ def _add_census_options(parser) -> None:
     parser.add_argument("--calibration-subsets", type=int, default=8,
                         help="the largest subsets each split into two independent averages "
                              "to calibrate (default 8)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="merge subsets whose same-structure ratio reaches this fixed "
+                             "value instead of the calibrated threshold (about 1 = one "
+                             "structure; similarity.tsv of an earlier census lists the ratios)")
 
 
 def _census_settings(args):
@@ -84,7 +88,8 @@ def _census_settings(args):
     return CensusSettings(min_members=args.min_members,
                           max_members=args.max_members or None,
                           calibration_quantile=args.calibration_quantile,
-                          calibration_subsets=args.calibration_subsets, seed=args.seed,
+                          calibration_subsets=args.calibration_subsets,
+                          threshold=args.threshold, seed=args.seed,
                           workers=args.threads or 1)
 
 

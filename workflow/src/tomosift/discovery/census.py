@@ -84,6 +84,9 @@ class CensusSettings:
             calibration pairs (see the module docstring).
         calibration_subsets: how many of the largest subsets (with at least twice
             ``min_members`` members) are split into two independent averages to calibrate.
+        threshold: a fixed merge threshold on the same-structure ratio in place of the
+            calibrated one (None: the calibrated midpoint). The calibration is still measured
+            and reported beside it.
         reference_resolution_factor: a reference explains a structure when their FSC stays
             >= 0.5 up to at least 1 / this of the shells the structure resolves.
         seed: seeds the subsamples, half-set splits and calibration splits.
@@ -96,6 +99,7 @@ class CensusSettings:
     iterations: int = 2
     calibration_quantile: float = 0.1
     calibration_subsets: int = 8
+    threshold: float | None = None
     reference_resolution_factor: float = 2.0
     seed: int = 1
     workers: int = 1
@@ -114,6 +118,9 @@ class CensusSettings:
         if self.calibration_subsets < 1:
             raise TomosiftError(f"calibration_subsets must be >= 1, got "
                                 f"{self.calibration_subsets}")
+        if self.threshold is not None and not 0.0 < self.threshold < 2.0:
+            raise TomosiftError(f"threshold must be in (0, 2) (a same-structure ratio; about 1 "
+                                f"for one structure), got {self.threshold}")
         if self.reference_resolution_factor < 1.0:
             raise TomosiftError(f"reference_resolution_factor must be >= 1, got "
                                 f"{self.reference_resolution_factor}")
@@ -226,7 +233,8 @@ class MergeResult:
     Attributes:
         structures: the merged averages, largest first.
         threshold: the merge threshold (midway between the calibrated same-structure level
-            and the median pair ratio; nan: nothing could be compared).
+            and the median pair ratio, or the settings' fixed one; nan: nothing could be
+            compared).
         same_level: the calibrated same-structure level.
         calibration_ratios: the ratios of the calibration pairs.
         pair_ratios: (A, A) the ratio of every pair of input averages (nan on the diagonal).
@@ -296,9 +304,13 @@ def merge_averages(averages: Sequence[SubsetAverage],
     pair_ratios = np.full((n, n), np.nan)
     for (i, j), (ratio, _) in scores.items():
         pair_ratios[i, j] = pair_ratios[j, i] = ratio
-    threshold = merge_threshold(same_level, pair_ratios[np.triu_indices(n, 1)])
+    if settings.threshold is not None and pairs:
+        threshold, rule = settings.threshold, "fixed"
+    else:
+        threshold = merge_threshold(same_level, pair_ratios[np.triu_indices(n, 1)])
+        rule = "midway to the median pair ratio"
     if progress:
-        progress(f"merge threshold {threshold:.3f} (midway to the median pair ratio)")
+        progress(f"merge threshold {threshold:.3f} ({rule})")
     merges = []
     next_id = n
     while scores and np.isfinite(threshold):
