@@ -70,6 +70,24 @@ def subdivision_folder(clusters_tsv: Path, data: Path, out: Path, oracle_chunks:
     return folder
 
 
+def ratio_separation(similarity_tsv: Path, clusters: pd.DataFrame) -> str:
+    """How the same-structure ratio separates subsets of one majority class from subsets of
+    different ones: a line of quantiles."""
+    matrix = pd.read_csv(similarity_tsv, sep="\t", index_col=0)
+    matrix.columns = matrix.columns.astype(int)
+    majority = clusters.groupby("cluster")["class"].agg(lambda names: names.mode()[0])
+    same, different = [], []
+    for i in matrix.index:
+        for j in matrix.columns:
+            if i < j and np.isfinite(matrix.loc[i, j]):
+                (same if majority[i] == majority[j] else different).append(matrix.loc[i, j])
+    same_q = np.quantile(same, [0.1, 0.5]) if same else [np.nan] * 2
+    diff_q = np.quantile(different, [0.5, 0.9, 0.99, 1.0]) if different else [np.nan] * 4
+    return (f"pair ratios, same majority class ({len(same)} pairs): 10% {same_q[0]:.3f}, median "
+            f"{same_q[1]:.3f}; different ({len(different)}): median {diff_q[0]:.3f}, 90% "
+            f"{diff_q[1]:.3f}, 99% {diff_q[2]:.3f}, max {diff_q[3]:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out"))
@@ -140,6 +158,7 @@ def main() -> None:
     false_novel = sorted(set(structures.loc[structures["novel"] & ~structures["held_out"],
                                             "majority"]) - {"empty"})
     print(f"known classes falsely flagged novel: {len(false_novel)} ({', '.join(false_novel)})")
+    print(ratio_separation(args.out_dir / "census/similarity.tsv", truth))
     structures.to_csv(args.out_dir / "structures_vs_truth.tsv", sep="\t", index=False)
 
 
