@@ -139,7 +139,7 @@ def test_cluster_table_and_subset_spec(tmp_path):
         subset_indices(f"{tmp_path / 'missing.tsv'}:0")
 
 
-def test_tsne_subsamples_deterministically(tmp_path):
+def test_tsne_subsamples_deterministically(tmp_path, monkeypatch):
     features, truth = _blobs(2, per_class=30, classes=3, dim=8)
     xy, indices = tsne_2d(features, seed=0, perplexity=10, max_points=60)
     assert xy.shape == (60, 2) and indices.shape == (60,)
@@ -149,6 +149,22 @@ def test_tsne_subsamples_deterministically(tmp_path):
     plot_embedding(tmp_path / "tsne.png", xy, truth[indices], ["a", "b", "c"],
                    highlight_class="b", title="t-SNE")
     assert (tmp_path / "tsne.png").stat().st_size > 0
+    # a fold's held-out classes, all marked: one legend entry each
+    import tomosift.plots
+
+    legends = []
+    save = tomosift.plots.save_figure
+
+    def keep_legend(figure, path, **kwargs):
+        legends.append([t.get_text() for t in figure.axes[0].get_legend().get_texts()])
+        save(figure, path, **kwargs)
+
+    monkeypatch.setattr(tomosift.plots, "save_figure", keep_legend)
+    plot_embedding(tmp_path / "fold.png", xy, truth[indices], ["a", "b", "c"],
+                   highlight_class=["a", "c"])
+    assert legends == [["b", "a (held out)", "c (held out)"]]
+    with pytest.raises(TomosiftError, match="'z'"):
+        plot_embedding(tmp_path / "y.png", xy, truth[indices], ["a", "b", "c"], ["a", "z"])
     with pytest.raises(TomosiftError, match="highlight"):
         plot_embedding(tmp_path / "x.png", xy, truth[indices], ["a", "b", "c"], "z")
 

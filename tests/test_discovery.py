@@ -172,6 +172,18 @@ def test_particles_from_star_and_mrc_files(tmp_path):
 
 
 
+def test_strict_criterion_needs_a_reference_that_resolves():
+    from tomosift.discovery.leave_one_out import is_strict_success
+
+    inf = float("inf")
+    assert is_strict_success(True, 3.0, 2.6, 1.2)
+    assert not is_strict_success(True, 3.3, 2.6, 1.2)  # 1.27x the reference
+    assert not is_strict_success(False, 8.0, 7.0, 1.2)  # within 1.2x, but past 7 nm
+    # too few members for the true class to reach FSC 0.5: nothing can be judged strictly
+    assert not is_strict_success(False, inf, inf, 1.2)
+    assert not is_strict_success(True, 4.5, inf, 1.2)
+
+
 @pytest.fixture(scope="module")
 def truth_1bxn(structure_path):
     return make_density(structure_path("1bxn"), DensitySettings(box_voxels=BOX))[0]

@@ -63,15 +63,15 @@ def tsne_2d(
 
 def plot_embedding(
     path: str | os.PathLike, xy: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-    highlight_class: str | None = None, title: str = "",
+    highlight_class: str | Sequence[str] | None = None, title: str = "",
 ) -> None:
     """Scatter a 2D embedding coloured by true class (PNG).
 
     Args:
         xy: (M, 2) embedding.
         labels: (M,) class indices into ``class_names``.
-        highlight_class: a class (e.g. the one left out of training) drawn last, on top, as
-            larger black-edged stars and marked ``(held out)`` in the legend.
+        highlight_class: a class or several (e.g. those left out of training) drawn last,
+            on top, as larger black-edged stars and marked ``(held out)`` in the legend.
     """
     from tomosift.plots import plt, save_figure
 
@@ -82,27 +82,28 @@ def plot_embedding(
         raise TomosiftError(f"embedding of shape {xy.shape} does not match {labels.size} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
         raise TomosiftError(f"labels exceed the {len(names)} class names")
-    highlight = None
-    if highlight_class is not None:
-        if highlight_class not in names:
-            raise TomosiftError(f"highlight class {highlight_class!r} is not among the classes "
+    wanted = ([highlight_class] if isinstance(highlight_class, str)
+              else list(highlight_class or []))
+    for name in wanted:
+        if name not in names:
+            raise TomosiftError(f"highlight class {name!r} is not among the classes "
                                 f"({', '.join(names)})")
-        highlight = names.index(highlight_class)
+    highlighted = [names.index(name) for name in wanted]
     cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
     figure, ax = plt.subplots(figsize=(7.0, 5.2))
     size = 6.0 if labels.size > 2000 else 12.0
     for c, name in enumerate(names):
-        if c == highlight:
+        if c in highlighted:
             continue
         chosen = labels == c
         if chosen.any():
             ax.scatter(xy[chosen, 0], xy[chosen, 1], s=size, color=cmap(c % cmap.N),
                        alpha=0.7, linewidths=0, label=name)
-    if highlight is not None:
-        chosen = labels == highlight
+    for c in highlighted:
+        chosen = labels == c
         ax.scatter(xy[chosen, 0], xy[chosen, 1], s=4 * size + 10, marker="*",
-                   color=cmap(highlight % cmap.N), edgecolors=HIGHLIGHT_COLOUR, linewidths=0.5,
-                   label=f"{names[highlight]} (held out)", zorder=3)
+                   color=cmap(c % cmap.N), edgecolors=HIGHLIGHT_COLOUR, linewidths=0.5,
+                   label=f"{names[c]} (held out)", zorder=3)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel("t-SNE 1")

@@ -22,8 +22,11 @@ A strict criterion (tomosift's addition): a 50/50 mixed class average can pass 7
 reference is the same number of true members of C (the chosen class's count, a seeded draw
 from C's test particles) averaged and aligned onto the truth by the same procedure
 (:func:`classify_and_score` serves both; :func:`reference_average` caches it by class and
-count, and uses one class, so that it holds every drawn particle); ``success_strict`` = a
-resolution within ``strict_factor`` (1.2) times the reference's.
+count, and uses one class, so that it holds every drawn particle); ``success_strict`` = the
+paper's success with a resolution within ``strict_factor`` (1.2) times the reference's, where
+the reference itself reaches FSC 0.5: when the same number of true members does not, the
+count is too small to tell a pure class from a mixture, and the strict criterion is not met
+(:func:`is_strict_success`).
 
 Without the oracle (tomosift's addition): a user cannot pick the cluster by the true labels.
 :func:`novelty_scores` ranks clusters by how far their centroid lies from every training
@@ -300,15 +303,25 @@ def judge_strictly(recovery: Recovery, data_path: str | os.PathLike, candidates:
                    target: int, truth: np.ndarray, cache_dir: str | os.PathLike,
                    settings: RecoverySettings, progress: bool = True) -> Recovery:
     """Fill in the strict criterion of a recovery: its reference (:func:`reference_average`
-    with the chosen class's particle count) and ``success_strict`` = a resolution at most
-    ``strict_factor`` times the reference's."""
+    with the chosen class's particle count) and ``success_strict``
+    (:func:`is_strict_success`)."""
     reference_nm, drawn = reference_average(data_path, candidates, target,
                                             recovery.class_size, truth, cache_dir, settings,
                                             progress)
     recovery.reference_nm, recovery.reference_count = reference_nm, drawn
-    recovery.success_strict = bool(recovery.resolution_nm <= settings.strict_factor
-                                   * reference_nm)
+    recovery.success_strict = is_strict_success(recovery.success, recovery.resolution_nm,
+                                                reference_nm, settings.strict_factor)
     return recovery
+
+
+def is_strict_success(success: bool, resolution_nm: float, reference_nm: float,
+                      factor: float) -> bool:
+    """The strict criterion: the paper's success (FSC 0.5 within ``success_nm``), and a
+    resolution at most ``factor`` times ``reference_nm``, which must be finite (an infinite
+    reference, one whose FSC never reaches 0.5, would pass any average, even one that never
+    reaches 0.5 itself)."""
+    return bool(success and np.isfinite(reference_nm)
+                and resolution_nm <= factor * reference_nm)
 
 
 def check_never_seen(model_path: str | os.PathLike, data_path: str | os.PathLike,
@@ -548,8 +561,8 @@ def write_views(row_paths: Sequence[str | os.PathLike], features: dict[str, str]
     counts by ``criterion``), ``html`` (Table S2), ``fig4`` (true vs recovered), ``figS1``
     (cluster-size histograms per source, for the first fold; their coefficient of variation
     and the counts of clusters of at most 10 and over 1000 members go into ``successes``
-    too) and ``fig2`` (t-SNE of each source's test features, the first of the first fold's
-    held-out classes marked). ``features`` and ``clusters`` are the first fold's files, one
+    too) and ``fig2`` (t-SNE of each source's test features, the first fold's held-out classes
+    marked). ``features`` and ``clusters`` are the first fold's files, one
     per source; ``held_out`` that fold's classes. ``outputs`` maps those names to paths.
     Returns the counts."""
     from tomosift.discovery.cluster import plot_cluster_size_histograms, size_statistics
@@ -582,7 +595,7 @@ def write_views(row_paths: Sequence[str | os.PathLike], features: dict[str, str]
         panels.append((name, xy, feature_set.labels[rows][chosen], feature_set.class_names))
     for name, xy, labels, names in panels:  # one PNG per source, then tiled
         plot_embedding(Path(outputs["fig2"]).with_name(f"fig2_embedding_{name}.png"), xy,
-                       labels, names, held_out[0], f"t-SNE of {name} features")
+                       labels, names, held_out, f"t-SNE of {name} features")
     _tile_images([Path(outputs["fig2"]).with_name(f"fig2_embedding_{name}.png")
                   for name, *_ in panels], outputs["fig2"], save_figure)
     return counts

@@ -1,0 +1,80 @@
+"""The second half of the leave-one-out protocol as far as it ran: every ``row.json`` found
+under a leave-one-out folder, one line per (class, feature source), and the success counts
+per source under both criteria over the classes every source has. Unlike the ``loo_summary``
+rule it needs no complete set of rows, so part of a long run (some folds) can be read.
+
+Prints, per row: fold, the oracle cluster's size and purity, the chosen class's size and
+purity, the FSC-0.5 resolution against the truth, ``reference_nm`` (as many true members
+averaged alike) and their ratio, both successes, the oracle cluster's novelty rank and the
+successes without the oracle. Writes the rows as ``summary_partial.tsv`` in ``--out-dir``.
+Both strict successes are judged again from the stored resolutions by today's rule
+(:func:`is_strict_success`), so rows written before a change of the rule read alike.
+
+    python benchmarks/loo_recovered.py --loo-dir results/leave_one_out --out-dir /tmp/loo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tomosift.discovery.leave_one_out import is_strict_success, success_counts, summarise
+
+
+def judge_again(table: pd.DataFrame, rows: list[Path]) -> pd.DataFrame:
+    """``success_strict`` and (with at most one novel cluster tried, whose figures the row
+    keeps) ``novel_success_strict`` by :func:`is_strict_success`."""
+    table = table.copy()
+    factors = [json.loads(path.read_text())["settings"]["strict_factor"] for path in rows]
+    table["success_strict"] = [
+        is_strict_success(bool(r.success), r.resolution_nm, r.reference_nm, f)
+        for r, f in zip(table.itertuples(), factors, strict=True)]
+    table["novel_success_strict"] = [
+        is_strict_success(bool(r.novel_success), r.novel_resolution_nm, r.novel_reference_nm, f)
+        if r.novel_clusters_with_class <= 1 else bool(r.novel_success_strict)
+        for r, f in zip(table.itertuples(), factors, strict=True)]
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out"))
+    parser.add_argument("--out-dir", type=Path, required=True)
+    args = parser.parse_args()
+    rows = sorted((args.loo_dir / "recovered").glob("*/*/row.json"))
+    if not rows:
+        raise SystemExit(f"{args.loo_dir / 'recovered'}: no row.json (run loo_recover first)")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    table = judge_again(summarise(rows, args.out_dir / "summary_partial.tsv"), rows)
+    # only classes every source recovered, so that the counts compare like with like
+    sources = table["features"].nunique()
+    complete = table.groupby("class")["features"].transform("nunique") == sources
+    table = table[complete].sort_values(["fold", "class", "features"])
+    view = pd.DataFrame({
+        "class": table["class"], "fold": table["fold"], "features": table["features"],
+        "cluster": table["cluster_size"],
+        "purity": table["fraction_in_cluster"].round(2),
+        "chosen": table["chosen_class_size"],
+        "chosen_purity": table["chosen_class_fraction"].round(2),
+        "fsc05_nm": table["resolution_nm"].round(2),
+        "reference_nm": table["reference_nm"].round(2),
+        "ratio": (table["resolution_nm"] / table["reference_nm"]).round(2),
+        "paper": table["success"], "strict": table["success_strict"],
+        "novelty_rank": table["oracle_novelty_rank"],
+        "no_oracle_paper": table["novel_success"],
+        "no_oracle_strict": table["novel_success_strict"],
+    })
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(view.to_string(index=False))
+        print(f"\n{table['class'].nunique()} classes recovered by all {sources} sources")
+        counts = success_counts(table, "strict")
+        print(counts[["features", "classes", "folds", "successes_paper", "successes_strict",
+                      "successes_without_oracle_paper", "successes_without_oracle_strict",
+                      "oracle_cluster_in_novel_top"]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
