@@ -179,7 +179,7 @@ def test_strict_criterion_needs_a_reference_that_resolves():
     assert is_strict_success(True, 3.0, 2.6, 1.2)
     assert not is_strict_success(True, 3.3, 2.6, 1.2)  # 1.27x the reference
     assert not is_strict_success(False, 8.0, 7.0, 1.2)  # within 1.2x, but past 7 nm
-    # too few members for the true class to reach FSC 0.5: nothing can be judged strictly
+    # the true members' own average never reaches FSC 0.5: nothing to compare with
     assert not is_strict_success(False, inf, inf, 1.2)
     assert not is_strict_success(True, 4.5, inf, 1.2)
 

@@ -24,9 +24,10 @@ from C's test particles) averaged and aligned onto the truth by the same procedu
 (:func:`classify_and_score` serves both; :func:`reference_average` caches it by class and
 count, and uses one class, so that it holds every drawn particle); ``success_strict`` = the
 paper's success with a resolution within ``strict_factor`` (1.2) times the reference's, where
-the reference itself reaches FSC 0.5: when the same number of true members does not, the
-count is too small to tell a pure class from a mixture, and the strict criterion is not met
-(:func:`is_strict_success`).
+the reference itself reaches FSC 0.5: when the same number of true members does not, there
+is nothing to compare with, and the strict criterion is not met (:func:`is_strict_success`;
+at dose 80 this is the case for 40-60 kDa complexes, whose box holds more background than
+particle at the lowest shells; docs/benchmarks.md, issue 19).
 
 Without the oracle (tomosift's addition): a user cannot pick the cluster by the true labels.
 :func:`novelty_scores` ranks clusters by how far their centroid lies from every training
