@@ -37,14 +37,18 @@ def judge_again(table: pd.DataFrame, rows: list[Path]) -> pd.DataFrame:
     """``success_strict`` and (with at most one novel cluster tried, whose figures the row
     keeps) ``novel_success_strict`` by :func:`is_strict_success`."""
     table = table.copy()
-    factors = [json.loads(path.read_text())["settings"]["strict_factor"] for path in rows]
+    settings = [json.loads(path.read_text())["settings"] for path in rows]
+    # each row's own cutoffs, kept for the masked scores too
+    table["success_nm"] = [entry["success_nm"] for entry in settings]
+    table["strict_factor"] = [entry["strict_factor"] for entry in settings]
     table["success_strict"] = [
-        is_strict_success(bool(r.success), r.resolution_nm, r.reference_nm, f)
-        for r, f in zip(table.itertuples(), factors, strict=True)]
+        is_strict_success(bool(r.success), r.resolution_nm, r.reference_nm, r.strict_factor)
+        for r in table.itertuples()]
     table["novel_success_strict"] = [
-        is_strict_success(bool(r.novel_success), r.novel_resolution_nm, r.novel_reference_nm, f)
+        is_strict_success(bool(r.novel_success), r.novel_resolution_nm, r.novel_reference_nm,
+                          r.strict_factor)
         if r.novel_clusters_with_class <= 1 else bool(r.novel_success_strict)
-        for r, f in zip(table.itertuples(), factors, strict=True)]
+        for r in table.itertuples()]
     return table
 
 
@@ -70,8 +74,8 @@ def masked_scores(table: pd.DataFrame, loo_dir: Path) -> pd.DataFrame:
         ideal = compute_fsc(truth, read_mrc(reference)[0], voxel, mask).resolution_05_nm
         resolutions.append(found)
         references.append(ideal)
-        paper.append(bool(found <= 7.0))
-        strict.append(is_strict_success(paper[-1], found, ideal, 1.2))
+        paper.append(bool(found <= r.success_nm))
+        strict.append(is_strict_success(paper[-1], found, ideal, r.strict_factor))
     return pd.DataFrame({"masked_nm": np.round(resolutions, 2),
                          "masked_ref_nm": np.round(references, 2),
                          "masked_paper": paper, "masked_strict": strict}, index=table.index)
