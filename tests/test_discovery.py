@@ -277,3 +277,98 @@ def test_success_counts_by_criterion():
     assert strict.loc["rif", "successes"] == 0 and strict.loc["rif", "criterion"] == "strict"
     with pytest.raises(TomosiftError, match="criterion"):
         success_counts(table, "lenient")
+
+
+def test_the_chosen_class_needs_enough_members_of_the_class():
+    from tomosift.discovery.leave_one_out import choose_class
+
+    # as 3h84 with the embedding (docs/benchmarks.md, issue 19): a class of two particles of
+    # C, pure by chance, against 36 of C among 43 in class 0
+    labels = np.array([7] * 36 + [1] * 7 + [7, 7] + [1] * 55)
+    classes = np.array([0] * 43 + [2, 2] + [1] * 55)
+    assert choose_class(labels, classes, 7, min_members=10) == (0, pytest.approx(36 / 43))
+    # with min_members 1 only the cluster rule's floor (5% of C's 38: 2) is left
+    assert choose_class(labels, classes, 7, min_members=1) == (2, 1.0)
+    one = labels.copy()
+    one[44] = 1  # one particle of C alone in class 2: below that floor too
+    assert choose_class(one, classes, 7, min_members=1)[0] == 0
+    # fewer members of C than the floor: the floor is capped at C's count
+    few = np.array([7, 7, 1, 1, 1, 7])
+    assert choose_class(few, np.array([0, 0, 0, 1, 1, 1]), 7, min_members=10)[0] == 0
+    assert choose_class(np.array([1, 1]), np.array([0, 1]), 7, min_members=10) == (0, 0.0)
+
+
+def test_a_fold_classifies_its_novel_clusters_once(clean_dataset, truth_1bxn, tmp_path,
+                                                   monkeypatch):
+    import tomosift.discovery.leave_one_out as loo
+    from tomosift.discovery.cluster import write_cluster_table
+    from tomosift.io import write_mrc
+
+    features = compute_features("rif", clean_dataset, progress=False)
+    write_features(tmp_path / "rif.h5", features)
+    test = np.flatnonzero(features.splits == "test")
+    clusters, _ = kmeans(features.features[test], 6, seed=1)
+    write_cluster_table(tmp_path / "c.tsv", features.indices[test], clusters,
+                        features.labels[test], features.class_names)
+    write_mrc(tmp_path / "1bxn.mrc", truth_1bxn, 1.0)
+    held_out = ["1bxn", "3gl1"]  # two classes unseen at once, as in a fold
+    settings = loo.RecoverySettings(k=6, classes=2, iterations=2, seed=1, novelty_top=2,
+                                    min_class_members=2)
+    table = loo.read_cluster_table(tmp_path / "c.tsv")
+    ranking = loo.novelty_scores(features, table, ["3hhb", "1qvr"]).sort_values("rank")
+    records = [loo.classify_novel_cluster(clean_dataset, tmp_path / "rif.h5", tmp_path / "c.tsv",
+                                          held_out, rank, tmp_path / f"novel/rank_{rank}",
+                                          settings, progress=False) for rank in (1, 2, 7)]
+    assert [r["cluster"] for r in records[:2]] == [int(c) for c in ranking["cluster"][:2]]
+    assert records[2]["cluster"] is None  # 6 clusters: no 7th
+    assert not (tmp_path / "novel/rank_7/classified.npz").exists()
+    saved = loo.Classified.load(tmp_path / "novel/rank_1/classified.npz")
+    assert np.array_equal(saved.members, np.sort(
+        features.indices[test][clusters == records[0]["cluster"]]))
+
+    calls = []
+    classify_members = loo.classify_members
+
+    def counted(*args, **kwargs):
+        calls.append(args[3].classes)  # the references use one class
+        return classify_members(*args, **kwargs)
+
+    monkeypatch.setattr(loo, "classify_members", counted)
+    row = loo.run_class(clean_dataset, tmp_path / "rif.h5", tmp_path / "c.tsv", "1bxn",
+                        tmp_path / "1bxn.mrc", tmp_path / "row", "rif", settings,
+                        progress=False, fold_classes=held_out,
+                        novel_dirs=[tmp_path / f"novel/rank_{r}" for r in (1, 2, 7)])
+    # the oracle cluster and its references are classified here; the novel clusters are not
+    assert calls.count(2) == 1 and len(calls) >= 2
+    assert row["novel_top_clusters"] == 2
+    target = NAMES.index("1bxn")
+    holding = [r["cluster"] for r in records[:2] if np.any(
+        features.labels[test][clusters == r["cluster"]] == target)]
+    assert row["novel_clusters_with_class"] == len(holding)
+    assert holding  # 1bxn is among the two most novel clusters
+    # the same classification, scored here, gives the same resolution
+    scored = [loo.recover_from_cluster(clean_dataset, table, c, target, truth_1bxn,
+                                       tmp_path / f"again_{c}", settings, progress=False)
+              for c in holding]
+    assert row["novel_resolution_nm"] == pytest.approx(min(s.resolution_nm for s in scored))
+    with pytest.raises(TomosiftError, match="ranked for the fold 1bxn 3gl1, not 1bxn"):
+        loo.run_class(clean_dataset, tmp_path / "rif.h5", tmp_path / "c.tsv", "1bxn",
+                      tmp_path / "1bxn.mrc", tmp_path / "row2", "rif", settings,
+                      progress=False, novel_dirs=[tmp_path / "novel/rank_1"])
+
+
+def test_a_failed_novel_recovery_needs_no_reference(tmp_path):
+    from tomosift.discovery.leave_one_out import Recovery, RecoverySettings, judge_strictly
+
+    failed = Recovery(cluster=3, cluster_size=80, fraction_in_cluster=0.1,
+                      fraction_in_class=0.02, chosen_class=1, class_size=30,
+                      class_fraction=0.1, resolution_nm=12.0, resolution_0143_nm=9.0,
+                      success=False)
+    # no dataset is read: past 7 nm the strict criterion fails whatever the reference
+    judged = judge_strictly(failed, tmp_path / "absent.h5", np.arange(5), 0, np.zeros((4,) * 3),
+                            tmp_path / "ref", RecoverySettings(), needed_only=True)
+    assert not judged.success_strict and np.isnan(judged.reference_nm)
+    assert not (tmp_path / "ref").exists()
+    with pytest.raises((TomosiftError, OSError)):  # the oracle's row always gets one
+        judge_strictly(failed, tmp_path / "absent.h5", np.arange(5), 0, np.zeros((4,) * 3),
+                       tmp_path / "ref", RecoverySettings())

@@ -273,16 +273,30 @@ def loo_fold(wildcards):
     return fold_of(checkpoints.loo_folds.get().output[0], wildcards.name)
 
 
+def _loo_fold_of(wildcards):
+    """The fold in the wildcards (rule loo_novel_cluster), else the left-out class's."""
+    return wildcards.get("fold") or loo_fold(wildcards)
+
+
 def loo_features_file(wildcards):
     if wildcards.features in LOO_FREE:
         return f"{LOO_DIR}/features/{wildcards.features}.h5"
-    return f"{LOO_DIR}/features/{wildcards.features}/fold_{loo_fold(wildcards)}.h5"
+    return f"{LOO_DIR}/features/{wildcards.features}/fold_{_loo_fold_of(wildcards)}.h5"
 
 
 def loo_clusters_file(wildcards):
     if wildcards.features in LOO_FREE:
         return f"{LOO_DIR}/clusters/{wildcards.features}.tsv"
-    return f"{LOO_DIR}/clusters/{wildcards.features}/fold_{loo_fold(wildcards)}.tsv"
+    return f"{LOO_DIR}/clusters/{wildcards.features}/fold_{_loo_fold_of(wildcards)}.tsv"
+
+
+def loo_novel_inputs(wildcards):
+    """The most novel clusters of the left-out class's fold, each classified once."""
+    return expand(
+        f"{LOO_DIR}/novel/{wildcards.features}/fold_{loo_fold(wildcards)}/rank_{{rank}}/"
+        "novel.json",
+        rank=range(1, LOO["novelty_top"] + 1),
+    )
 
 
 def loo_recover_model(wildcards):
@@ -294,7 +308,8 @@ def loo_recover_model(wildcards):
 
 
 def loo_recovery_params(wildcards=None):
-    keys = ("k", "iterations", "success_nm", "max_members", "novelty_top", "strict_factor")
+    keys = ("k", "iterations", "success_nm", "max_members", "novelty_top", "strict_factor",
+            "min_class_members")
     return {key: LOO[key] for key in keys} | {
         "classes": LOO["classes3d"],
         "seed": config["seed"],

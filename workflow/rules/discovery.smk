@@ -1,7 +1,8 @@
 # Stage 4: discovery. The leave-one-out experiment (paper Section 3.3): train without a class
 # (or, with leave_one_out.folds, without a fold of classes), cluster the test split's features,
 # classify and average the most enriched cluster, FSC against the true density. RIF and
-# pose-normalised features need no training.
+# pose-normalised features need no training. Without the oracle, the most novel clusters of
+# each fold are classified once (loo_novel_cluster) and scored for every class of the fold.
 #
 # The folds are balanced by mass, which only the density rules measure: the checkpoint
 # loo_folds writes folds.tsv, each training reads its fold's classes from it at run time, and
@@ -141,6 +142,33 @@ rule loo_free_clusters:
         "../scripts/test_clusters.py"
 
 
+rule loo_novel_cluster:
+    input:
+        data=f"results/datasets/{LOO_DATASET}.h5",
+        features=loo_features_file,
+        clusters=loo_clusters_file,
+        folds=f"{LOO_DIR}/folds.tsv",
+    output:
+        f"{LOO_DIR}/novel/{{features}}/fold_{{fold}}/rank_{{rank}}/novel.json",
+    log:
+        f"{LOGS}/leave_one_out/novel/{{features}}/fold_{{fold}}/rank_{{rank}}.log",
+    wildcard_constraints:
+        rank=r"[1-9][0-9]*",
+    params:
+        settings=loo_recovery_params,
+        out_dir=f"{LOO_DIR}/novel/{{features}}/fold_{{fold}}/rank_{{rank}}",
+    threads: LOO["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    benchmark:
+        f"results/benchmarks/leave_one_out/novel/{{features}}/fold_{{fold}}/rank_{{rank}}.tsv"
+    conda:
+        "../../envs/tomosift.yaml"
+    script:
+        "../scripts/leave_one_out_novel.py"
+
+
 rule loo_recover:
     input:
         data=f"results/datasets/{LOO_DATASET}.h5",
@@ -149,6 +177,7 @@ rule loo_recover:
         model=loo_recover_model,
         folds=f"{LOO_DIR}/folds.tsv",
         truth="results/densities/{name}.mrc",
+        novel=loo_novel_inputs,
     output:
         row=f"{LOO_DIR}/recovered/{{features}}/{{name}}/row.json",
         average=f"{LOO_DIR}/recovered/{{features}}/{{name}}/oracle/average_on_truth.mrc",

@@ -34,12 +34,20 @@ Without the oracle (tomosift's addition): a user cannot pick the cluster by the 
 class's centroid in the same feature space (in units of each class's spread); the user
 averages the few most novel-looking clusters (``novelty_top``, 3) and looks at them. Steps 3
 and 4 run on each of them that holds any of C, success if one recovers C, and the summary
-says where the oracle's cluster ranked.
+says where the oracle's cluster ranked. With folds, every class of a fold shares the fold's
+novelty ranking, so at most ``novelty_top`` of them can be recovered this way per fold:
+:func:`classify_novel_cluster` classifies each of the top clusters once, and each class of
+the fold is scored on those classifications.
+
+The class of a classification taken for C (:func:`choose_class`) is chosen by the rule that
+chooses the cluster: the most enriched in C among those holding enough of C
+(``min_class_members``), so that a one-particle class, pure by chance, does not win.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -73,6 +81,9 @@ class RecoverySettings:
     ``max_members``: classify at most this many members of a cluster (a seeded random subset;
     None = all, as the paper did) to bound the time on large clusters. ``novelty_top``: without
     the oracle, the most novel-looking clusters averaged (:func:`novelty_scores`).
+    ``min_class_members``: the chosen class of a classification must hold at least this many
+    members of C (capped at C's count; :func:`choose_class`), so that a class of one or two
+    particles, pure by chance, is not taken for C's structure.
     """
 
     k: int = 100
@@ -83,6 +94,7 @@ class RecoverySettings:
     max_members: int | None = None
     novelty_top: int = 3
     strict_factor: float = 1.2
+    min_class_members: int = 10
     workers: int = 1
 
 
@@ -181,27 +193,75 @@ class Recovery:
     success_strict: bool = False
 
 
-def classify_and_score(data_path: str | os.PathLike, members: np.ndarray, target: int,
-                       truth: np.ndarray, out_dir: str | os.PathLike,
-                       settings: RecoverySettings, progress: bool = True) -> Averaged:
-    """Steps 3-4 of the protocol on given dataset particles (``members``: dataset indices):
+def choose_class(labels: np.ndarray, classes: np.ndarray, target: int,
+                 min_members: int) -> tuple[int, float]:
+    """The class of a classification whose members are most enriched in ``target``, by the
+    rule that picks the cluster (:func:`.cluster.most_enriched_cluster`): the highest fraction
+    of ``target`` among classes holding at least ``max(min_members, 5% of target's
+    members)`` of them (capped at the most any class holds); ties to the larger count, then
+    the lower class. ``labels``, ``classes``: (N,) true label and 0-based class of each
+    classified particle. Returns (class, fraction of ``target`` in it); (0, 0.0) when no
+    particle is ``target``."""
+    labels, classes = np.asarray(labels), np.asarray(classes)
+    is_target = labels == target
+    if not is_target.any():
+        return 0, 0.0
+    ids = np.unique(classes)
+    counts = np.array([int(is_target[classes == c].sum()) for c in ids])
+    fractions = counts / np.array([int(np.sum(classes == c)) for c in ids])
+    floor = min(max(min_members, math.ceil(0.05 * int(is_target.sum())), 1), int(counts.max()))
+    eligible = np.flatnonzero(counts >= floor)
+    best = max(eligible, key=lambda i: (fractions[i], counts[i], -ids[i]))
+    return int(ids[best]), float(fractions[best])
+
+
+@dataclass
+class Classified:
+    """A reference-free classification of dataset particles, kept to be scored against any
+    class: ``members`` (N,) dataset indices, ``labels`` (N,) true labels, ``classes`` (N,)
+    0-based class of each, ``averages`` (K, n, n, n), ``observed`` (K, n, n, n // 2 + 1) 0/1
+    Fourier coverage of each average, ``voxel_size_nm``."""
+
+    members: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray
+    averages: np.ndarray
+    observed: np.ndarray
+    voxel_size_nm: float
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, members=self.members, labels=self.labels,
+                                classes=self.classes, averages=self.averages,
+                                observed=self.observed.astype(np.uint8),
+                                voxel_size_nm=np.float64(self.voxel_size_nm))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Classified:
+        try:
+            with np.load(path) as saved:
+                return cls(saved["members"], saved["labels"], saved["classes"],
+                           saved["averages"], saved["observed"].astype(np.float32),
+                           float(saved["voxel_size_nm"]))
+        except (OSError, KeyError, ValueError) as error:
+            raise TomosiftError(f"{path}: not a saved classification ({error})") from error
+
+
+def classify_members(data_path: str | os.PathLike, members: np.ndarray,
+                     out_dir: str | os.PathLike, settings: RecoverySettings,
+                     progress: bool = True) -> Classified:
+    """Step 3 of the protocol on given dataset particles (``members``: dataset indices):
     reference-free classification into ``settings.classes`` classes (at most half the
-    particle count), the class whose members are most enriched in ``target`` (ties: the one
-    with more of them), its average aligned onto the truth and the FSC. Writes the
-    classification, ``average_on_truth.mrc`` and the FSC (``fsc.tsv``, ``fsc.png``) into
-    ``out_dir``. Both the recovered average and the strict criterion's reference come from
-    here, so that they are made by the same procedure."""
-    from tomosift.discovery.align import align
+    particle count). Writes the classification into ``out_dir/classification`` and returns
+    it; it does not depend on which class is looked for, so one classification of a cluster
+    serves every left-out class (:func:`score_against_truth`)."""
     from tomosift.discovery.classify3d import (
         ClassifySettings,
         classify,
         write_classification,
     )
-    from tomosift.discovery.fsc import compute_fsc, plot_fsc, write_fsc_table
     from tomosift.discovery.particles import from_dataset
-    from tomosift.discovery.rotations import transform_volume
 
-    out = Path(out_dir)
     members = np.sort(np.asarray(members, dtype=np.int64))
     particles = from_dataset(data_path, members)
     tilt_min, tilt_max = particles.tilt_range_deg
@@ -211,44 +271,68 @@ def classify_and_score(data_path: str | os.PathLike, members: np.ndarray, target
     result = classify(particles.volumes, classify_settings, progress,
                       particles.observations())
     names = particles.class_names
-    write_classification(out / "classification", result, particles.ids, particles.voxel_size_nm,
-                         [names[i] for i in particles.labels])
-    is_target = particles.labels == target
-    best, best_key = 0, (-1.0, -1)
-    for c in range(len(result.averages)):
-        in_class = result.classes == c
-        key = (float(is_target[in_class].mean()) if in_class.any() else 0.0,
-               int(is_target[in_class].sum()))
-        if key > best_key:
-            best, best_key = c, key
-    chosen = result.averages[best]
-    observed = result.observed(best, classify_settings.mask_threshold)
-    alignment = align(truth, chosen, None, observed)
+    write_classification(Path(out_dir) / "classification", result, particles.ids,
+                         particles.voxel_size_nm, [names[i] for i in particles.labels])
+    observed = np.stack([result.observed(c, classify_settings.mask_threshold)
+                         for c in range(len(result.averages))])
+    return Classified(members, np.asarray(particles.labels, dtype=np.int64),
+                      np.asarray(result.classes, dtype=np.int64), result.averages, observed,
+                      float(particles.voxel_size_nm))
+
+
+def score_against_truth(classified: Classified, target: int, truth: np.ndarray,
+                        out_dir: str | os.PathLike, min_class_members: int) -> Averaged:
+    """Step 4: the class most enriched in ``target`` (:func:`choose_class`), its average
+    aligned onto the truth and the FSC. Writes ``average_on_truth.mrc`` and the FSC
+    (``fsc.tsv``, ``fsc.png``) into ``out_dir``."""
+    from tomosift.discovery.align import align
+    from tomosift.discovery.fsc import compute_fsc, plot_fsc, write_fsc_table
+    from tomosift.discovery.rotations import transform_volume
+
+    out = Path(out_dir)
+    best, fraction = choose_class(classified.labels, classified.classes, target,
+                                  min_class_members)
+    chosen = classified.averages[best]
+    alignment = align(truth, chosen, None, classified.observed[best])
     on_truth = transform_volume(chosen, alignment.rotation, alignment.shift_voxels)
-    write_mrc(out / "average_on_truth.mrc", on_truth, particles.voxel_size_nm)
-    fsc = compute_fsc(truth, on_truth, particles.voxel_size_nm)
+    voxel_size_nm = classified.voxel_size_nm
+    write_mrc(out / "average_on_truth.mrc", on_truth, voxel_size_nm)
+    fsc = compute_fsc(truth, on_truth, voxel_size_nm)
     write_fsc_table(out / "fsc.tsv", fsc.shells, fsc.fsc, fsc.box_voxels, fsc.voxel_size_nm)
     plot_fsc(out / "fsc.png", {"average vs truth": (fsc.shells, fsc.fsc)}, fsc.box_voxels,
              fsc.voxel_size_nm, fsc.summary_line())
-    return Averaged(n_classified=len(members), chosen_class=best + 1,
-                    class_size=int(np.sum(result.classes == best)), class_fraction=best_key[0],
-                    resolution_nm=float(fsc.resolution_05_nm),
+    return Averaged(n_classified=len(classified.members), chosen_class=best + 1,
+                    class_size=int(np.sum(classified.classes == best)),
+                    class_fraction=fraction, resolution_nm=float(fsc.resolution_05_nm),
                     resolution_0143_nm=float(fsc.resolution_0143_nm))
 
 
-def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, cluster: int,
-                         target: int, truth: np.ndarray, out_dir: str | os.PathLike,
-                         settings: RecoverySettings, progress: bool = True) -> Recovery:
-    """Steps 3-4 of the protocol on one cluster (at most ``max_members`` of its members, a
-    seeded subset), through :func:`classify_and_score`; the strict criterion is filled in by
-    :func:`judge_strictly`."""
-    table = enrichment(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(), target)
-    row = table[table["cluster"] == cluster].iloc[0]
+def classify_and_score(data_path: str | os.PathLike, members: np.ndarray, target: int,
+                       truth: np.ndarray, out_dir: str | os.PathLike,
+                       settings: RecoverySettings, progress: bool = True) -> Averaged:
+    """Steps 3-4 of the protocol on given dataset particles: :func:`classify_members`, then
+    :func:`score_against_truth`, both into ``out_dir``. Both the recovered average and the
+    strict criterion's reference come from here, so that they are made by the same
+    procedure."""
+    classified = classify_members(data_path, members, out_dir, settings, progress)
+    return score_against_truth(classified, target, truth, out_dir, settings.min_class_members)
+
+
+def cluster_members(clusters: pd.DataFrame, cluster: int,
+                    settings: RecoverySettings) -> np.ndarray:
+    """The dataset indices of a cluster that are classified: all, or ``max_members`` of them
+    (a draw seeded by ``settings.seed``, the same for every left-out class)."""
     members = clusters["index"].to_numpy()[clusters["cluster"].to_numpy() == cluster]
     if settings.max_members and len(members) > settings.max_members:
         rng = np.random.default_rng(settings.seed)
         members = np.sort(rng.choice(members, settings.max_members, replace=False))
-    found = classify_and_score(data_path, members, target, truth, out_dir, settings, progress)
+    return members
+
+
+def _recovery(clusters: pd.DataFrame, cluster: int, target: int, found: Averaged,
+              settings: RecoverySettings) -> Recovery:
+    table = enrichment(clusters["label"].to_numpy(), clusters["cluster"].to_numpy(), target)
+    row = table[table["cluster"] == cluster].iloc[0]
     return Recovery(
         cluster=int(cluster), cluster_size=int(row["size"]),
         fraction_in_cluster=float(row["fraction_in_cluster"]),
@@ -256,6 +340,59 @@ def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, c
         class_size=found.class_size, class_fraction=found.class_fraction,
         resolution_nm=found.resolution_nm, resolution_0143_nm=found.resolution_0143_nm,
         success=bool(found.resolution_nm <= settings.success_nm))
+
+
+def recover_from_cluster(data_path: str | os.PathLike, clusters: pd.DataFrame, cluster: int,
+                         target: int, truth: np.ndarray, out_dir: str | os.PathLike,
+                         settings: RecoverySettings, progress: bool = True) -> Recovery:
+    """Steps 3-4 of the protocol on one cluster (:func:`cluster_members`), through
+    :func:`classify_and_score`; the strict criterion is filled in by
+    :func:`judge_strictly`."""
+    found = classify_and_score(data_path, cluster_members(clusters, cluster, settings), target,
+                               truth, out_dir, settings, progress)
+    return _recovery(clusters, cluster, target, found, settings)
+
+
+def recover_from_classified(classified: Classified, clusters: pd.DataFrame, cluster: int,
+                            target: int, truth: np.ndarray, out_dir: str | os.PathLike,
+                            settings: RecoverySettings) -> Recovery:
+    """:func:`recover_from_cluster` from a cluster's classification made earlier
+    (:func:`classify_novel_cluster`), scored for ``target``."""
+    found = score_against_truth(classified, target, truth, out_dir, settings.min_class_members)
+    return _recovery(clusters, cluster, target, found, settings)
+
+
+def classify_novel_cluster(data_path: str | os.PathLike, features_path: str | os.PathLike,
+                           clusters_path: str | os.PathLike, held_out: Sequence[str],
+                           rank: int, out_dir: str | os.PathLike, settings: RecoverySettings,
+                           progress: bool = True) -> dict:
+    """The search without the oracle, one cluster at a time: the ``rank``-th most novel
+    cluster of a fold (:func:`novelty_scores`, training classes = the features' classes
+    without ``held_out``), classified once for every class of the fold. Writes
+    ``classified.npz`` (:class:`Classified`, absent when there are fewer clusters than
+    ``rank``) and ``novel.json`` (``rank``, ``cluster``, ``size``, ``novelty``; ``cluster``
+    null then), and returns the latter."""
+    from tomosift.discovery.features import read_features
+
+    out = Path(out_dir)
+    clusters = read_cluster_table(clusters_path)
+    feature_set = read_features(features_path)
+    training = feature_set.attrs.get("training_classes") or [
+        n for n in feature_set.class_names if n not in set(held_out)]
+    novelty = novelty_scores(feature_set, clusters, training).sort_values("rank")
+    record: dict = {"rank": int(rank), "cluster": None, "size": 0, "novelty": float("nan")}
+    if rank <= len(novelty):
+        chosen = novelty.iloc[rank - 1]
+        cluster = int(chosen["cluster"])
+        classified = classify_members(data_path, cluster_members(clusters, cluster, settings),
+                                      out, settings, progress)
+        classified.save(out / "classified.npz")
+        record.update(cluster=cluster, size=int(chosen["size"]),
+                      novelty=float(chosen["novelty"]))
+    with atomic_path(out / "novel.json") as tmp:
+        tmp.write_text(json.dumps({**record, "held_out": list(held_out),
+                                   "settings": asdict(settings)}, indent=1) + "\n")
+    return record
 
 
 # Settings that change a reference average (the others only judge it; the reference is always
@@ -302,10 +439,16 @@ def reference_average(data_path: str | os.PathLike, candidates: np.ndarray, targ
 
 def judge_strictly(recovery: Recovery, data_path: str | os.PathLike, candidates: np.ndarray,
                    target: int, truth: np.ndarray, cache_dir: str | os.PathLike,
-                   settings: RecoverySettings, progress: bool = True) -> Recovery:
+                   settings: RecoverySettings, progress: bool = True,
+                   needed_only: bool = False) -> Recovery:
     """Fill in the strict criterion of a recovery: its reference (:func:`reference_average`
     with the chosen class's particle count) and ``success_strict``
-    (:func:`is_strict_success`)."""
+    (:func:`is_strict_success`). ``needed_only``: a recovery that fails the paper's rule
+    fails the strict one too, so its reference is not computed (``reference_nm`` stays NaN);
+    the novel clusters use this, since each holds a few of many classes."""
+    if needed_only and not recovery.success:
+        recovery.success_strict = False
+        return recovery
     reference_nm, drawn = reference_average(data_path, candidates, target,
                                             recovery.class_size, truth, cache_dir, settings,
                                             progress)
@@ -362,14 +505,17 @@ def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
               settings: RecoverySettings, progress: bool = True, *,
               fold: int | None = None, fold_classes: Sequence[str] | None = None,
               model_path: str | os.PathLike | None = None,
-              reference_dir: str | os.PathLike | None = None) -> dict:
+              reference_dir: str | os.PathLike | None = None,
+              novel_dirs: Sequence[str | os.PathLike] | None = None) -> dict:
     """The whole protocol for one left-out class and feature source; writes ``row.json``
     (one row of the summary) and returns it.
 
     ``fold``, ``fold_classes``: the class's fold and all its classes (default: the class
     alone), none of which the training classes may hold; ``model_path``: the fold's network
     (CNN features), checked with :func:`check_never_seen`; ``reference_dir``: where the
-    strict criterion's references of this class are cached (default ``out_dir/reference``).
+    strict criterion's references of this class are cached (default ``out_dir/reference``);
+    ``novel_dirs``: the fold's most novel clusters, classified once for all its classes by
+    :func:`classify_novel_cluster` (default: the top ``novelty_top`` classified here).
     """
     from tomosift.discovery.features import read_features
     from tomosift.io import read_mrc
@@ -399,32 +545,50 @@ def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
     labels, cluster_of = clusters["label"].to_numpy(), clusters["cluster"].to_numpy()
     candidates = clusters["index"].to_numpy()[labels == target]  # C's test particles
 
-    def recover(cluster: int, folder: Path) -> Recovery:
+    def recover(cluster: int, folder: Path, needed_only: bool = False) -> Recovery:
         found = recover_from_cluster(data_path, clusters, cluster, target, truth, folder,
                                      settings, progress)
         return judge_strictly(found, data_path, candidates, target, truth, references,
-                              settings, progress)
+                              settings, progress, needed_only)
 
     oracle = most_enriched_cluster(labels, cluster_of, target)
     found = recover(oracle, out / "oracle")
     novelty = novelty_scores(feature_set, clusters, training)
     oracle_rank = int(novelty.loc[novelty["cluster"] == oracle, "rank"].iloc[0])
-    # Without the oracle: the user averages the most novel-looking clusters in turn, until
-    # one shows a new structure. Clusters are taken in rank order and the search stops at
-    # the first that recovers C by both criteria (so both counts are exact); a cluster
-    # without a single member of C cannot give C's structure and is skipped (the success
-    # count is the same, the time less).
+    # Without the oracle: the user averages the most novel-looking clusters and looks at
+    # each. C is recovered without the oracle if one of them recovers it; a cluster without a
+    # single member of C cannot give C's structure and is not scored.
     table = enrichment(labels, cluster_of, target)
     holding = set(table.loc[table["count"] > 0, "cluster"].astype(int))
-    top = [int(c) for c in novelty.sort_values("rank")["cluster"].iloc[:settings.novelty_top]]
     novel: list[Recovery] = []
-    for cluster in top:
-        if cluster == oracle:
-            novel.append(found)
-        elif cluster in holding:
-            novel.append(recover(cluster, out / f"novel_{cluster}"))
-        if any(r.success for r in novel) and any(r.success_strict for r in novel):
-            break
+    if novel_dirs is not None:
+        top = []
+        for folder in map(Path, novel_dirs):
+            record = json.loads((folder / "novel.json").read_text())
+            if sorted(record.get("held_out", [])) != sorted(held_out):
+                raise TomosiftError(f"{folder}: its novel cluster was ranked for the fold "
+                                    f"{' '.join(record.get('held_out', []))}, not "
+                                    f"{' '.join(held_out)}")
+            if record["cluster"] is None:
+                continue
+            cluster = int(record["cluster"])
+            top.append(cluster)
+            if cluster in holding:
+                found_here = recover_from_classified(
+                    Classified.load(folder / "classified.npz"), clusters, cluster, target,
+                    truth, out / f"novel_{cluster}", settings)
+                novel.append(judge_strictly(found_here, data_path, candidates, target, truth,
+                                            references, settings, progress, needed_only=True))
+    else:
+        top = [int(c) for c in novelty.sort_values("rank")["cluster"]
+               .iloc[:settings.novelty_top]]
+        for cluster in top:
+            if cluster == oracle:
+                novel.append(found)
+            elif cluster in holding:
+                novel.append(recover(cluster, out / f"novel_{cluster}", needed_only=True))
+            if any(r.success for r in novel) and any(r.success_strict for r in novel):
+                break  # both counts are settled
     best_novel = min(novel, key=lambda r: r.resolution_nm) if novel else None
     average = out / "oracle" / "average_on_truth.mrc"
     row = {
