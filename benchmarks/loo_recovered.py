@@ -10,6 +10,12 @@ successes without the oracle. Writes the rows as ``summary_partial.tsv`` in ``--
 Both strict successes are judged again from the stored resolutions by today's rule
 (:func:`is_strict_success`), so rows written before a change of the rule read alike.
 
+``--novel`` prints what each fold's most novel-looking clusters hold (rule
+``loo_novel_cluster``; ``novel/<features>/fold_<f>/rank_<r>/novel.json``): size, novelty, the
+class most of its members belong to and its share, and whether that class is one the fold's
+network never saw. This is the search without the oracle as a user would see it: how many of
+the clusters they would average are new structures at all.
+
 ``--masked`` adds a diagnostic: the oracle's recovered average and its reference scored again
 against the truth inside a soft sphere around the true particle (its density above 5% of the
 maximum, plus 2 voxels, 3-voxel edge) instead of the whole box. The protocol's FSC (the
@@ -81,12 +87,41 @@ def masked_scores(table: pd.DataFrame, loo_dir: Path) -> pd.DataFrame:
                          "masked_paper": paper, "masked_strict": strict}, index=table.index)
 
 
+def novel_clusters(loo_dir: Path) -> pd.DataFrame:
+    """One row per classified novel cluster: features, fold, rank, cluster, size, novelty, the
+    dominant true class, its share of the cluster, and whether the fold held it out."""
+    from tomosift.discovery.cluster import read_cluster_table
+
+    records = []
+    for path in sorted((loo_dir / "novel").glob("*/fold_*/rank_*/novel.json")):
+        record = json.loads(path.read_text())
+        features, fold = path.parts[-4], int(path.parts[-3].removeprefix("fold_"))
+        if record["cluster"] is None:
+            continue
+        table = loo_dir / "clusters" / features / f"fold_{fold}.tsv"
+        if not table.is_file():
+            table = loo_dir / "clusters" / f"{features}.tsv"
+        clusters = read_cluster_table(table)
+        members = clusters[clusters["cluster"] == record["cluster"]]
+        shares = members["class"].value_counts(normalize=True)
+        records.append({"features": features, "fold": fold, "rank": record["rank"],
+                        "cluster": record["cluster"], "size": record["size"],
+                        "novelty": round(record["novelty"], 2), "dominant": shares.index[0],
+                        "share": round(float(shares.iloc[0]), 2),
+                        "unseen": shares.index[0] in record["held_out"],
+                        "unseen_share": round(float(members["class"]
+                                                    .isin(record["held_out"]).mean()), 2)})
+    return pd.DataFrame(records).sort_values(["features", "fold", "rank"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out"))
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--masked", action="store_true",
                         help="also score the oracle averages inside a mask around the particle")
+    parser.add_argument("--novel", action="store_true",
+                        help="also list what each fold's most novel clusters hold")
     args = parser.parse_args()
     rows = sorted((args.loo_dir / "recovered").glob("*/*/row.json"))
     if not rows:
@@ -124,6 +159,17 @@ def main() -> None:
             print("\nwith the oracle, scored inside the particle mask (diagnostic):")
             print(view.groupby("features", sort=False)[["masked_paper", "masked_strict"]]
                   .sum().to_string())
+        if args.novel:
+            novel = novel_clusters(args.loo_dir)
+            novel.to_csv(args.out_dir / "novel_clusters.tsv", sep="\t", index=False)
+            print("\nthe most novel-looking clusters of each fold:")
+            print(novel.to_string(index=False))
+            print("\nper source: clusters whose majority is an unseen class, distinct unseen "
+                  "classes among those majorities")
+            print(novel.groupby("features").apply(lambda g: pd.Series({
+                "clusters": len(g), "unseen_majority": int(g["unseen"].sum()),
+                "distinct_unseen": g.loc[g["unseen"], "dominant"].nunique()}),
+                include_groups=False).to_string())
 
 
 if __name__ == "__main__":
