@@ -146,6 +146,38 @@ def test_novelty_ranks_the_unseen_class_first():
     assert scores.loc[scores["cluster"] != 6, "novelty"].max() < 2
 
 
+
+def test_a_diverse_novelty_ranking_does_not_repeat_one_new_structure():
+    from tomosift.discovery.features import FeatureSet
+    from tomosift.discovery.leave_one_out import novelty_scores
+
+    rng = np.random.default_rng(1)
+    # classes a, b, c seen; "big" unseen and far away, split by k-means into four clusters;
+    # "small" unseen, nearer the training classes
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [40.0, 40.0], [-5.0, -6.0]])
+    labels = np.repeat(np.arange(5), 80)
+    features = (centres[labels] + rng.normal(0, 1.0, (400, 2))).astype(np.float32)
+    splits = np.tile(np.repeat(["train", "test"], 40), 5)
+    feature_set = FeatureSet(features, np.arange(400), labels, splits,
+                             ["a", "b", "c", "big", "small"])
+    test = np.flatnonzero(splits == "test")
+    quadrant = (features[test, 0] > 40).astype(int) + 2 * (features[test, 1] > 40)
+    cluster = np.where(labels[test] == 3, 10 + quadrant, labels[test])  # big: 10-13
+    table = pd.DataFrame({"index": test, "cluster": cluster, "label": labels[test]})
+    plain = novelty_scores(feature_set, table, ["a", "b", "c"]).set_index("cluster")
+    diverse = novelty_scores(feature_set, table, ["a", "b", "c"], diverse=True).set_index(
+        "cluster")
+    # by distance alone the four pieces of "big" fill the top four ranks
+    assert sorted(plain.loc[[10, 11, 12, 13], "rank"]) == [1, 2, 3, 4]
+    assert plain.loc[4, "rank"] == 5
+    # diverse: one piece of "big", then "small", then the rest
+    assert diverse["rank"].min() == 1 and diverse.loc[[10, 11, 12, 13], "rank"].min() == 1
+    assert diverse.loc[4, "rank"] == 2
+    assert sorted(diverse["rank"]) == list(range(1, 9))
+    ranked = diverse.sort_values("rank")["novelty"].to_numpy()
+    assert np.all(np.diff(ranked) <= 0)  # the novelty at ranking never rises
+
+
 def test_particles_from_star_and_mrc_files(tmp_path):
     from tomosift.discovery.particles import load_particles
     from tomosift.io import write_mrc, write_star
@@ -315,7 +347,8 @@ def test_a_fold_classifies_its_novel_clusters_once(clean_dataset, truth_1bxn, tm
     settings = loo.RecoverySettings(k=6, classes=2, iterations=2, seed=1, novelty_top=2,
                                     min_class_members=2)
     table = loo.read_cluster_table(tmp_path / "c.tsv")
-    ranking = loo.novelty_scores(features, table, ["3hhb", "1qvr"]).sort_values("rank")
+    ranking = loo.novelty_scores(features, table, ["3hhb", "1qvr"], diverse=True).sort_values(
+        "rank")
     records = [loo.classify_novel_cluster(clean_dataset, tmp_path / "rif.h5", tmp_path / "c.tsv",
                                           held_out, rank, tmp_path / f"novel/rank_{rank}",
                                           settings, progress=False) for rank in (1, 2, 7)]

@@ -308,8 +308,8 @@ def loo_recover_model(wildcards):
 
 
 def loo_recovery_params(wildcards=None):
-    keys = ("k", "iterations", "success_nm", "max_members", "novelty_top", "strict_factor",
-            "min_class_members")
+    keys = ("k", "iterations", "success_nm", "max_members", "novelty_top", "novelty_ranking",
+            "strict_factor", "min_class_members")
     return {key: LOO[key] for key in keys} | {
         "classes": LOO["classes3d"],
         "seed": config["seed"],
