@@ -252,3 +252,15 @@ def test_posenorm_empty_volume_is_left_in_place():
                                   posenorm_volume(noise, PosenormSettings()))
     with pytest.raises(TomosiftError, match="polarity"):
         PosenormSettings(polarity="recorded")
+
+
+def test_a_thinly_spread_class_still_has_a_most_enriched_cluster():
+    from tomosift.discovery.cluster import most_enriched_cluster
+
+    # 40 members of class 1, one in each of 40 clusters of 3: 5% of 40 (2) is more than any
+    # cluster holds, so the floor falls to 1 instead of leaving no cluster eligible
+    clusters = np.repeat(np.arange(40), 3)
+    labels = np.tile([1, 0, 0], 40)
+    assert most_enriched_cluster(labels, clusters, 1) == 0  # all tie at 1/3: the lowest
+    clusters[[22, 23]] = 8  # cluster 7 keeps only its member of class 1
+    assert most_enriched_cluster(labels, clusters, 1) == 7

@@ -153,10 +153,10 @@ def most_enriched_cluster(
 
     Rule: the highest ``fraction_in_cluster`` (count / size) among clusters holding at least
     ``max(min_count, ceil(min_fraction_of_class · class size))`` members of the class
-    (capped at the class size). Enrichment is what makes a subset worth averaging; the floor
-    keeps a cluster of a handful of particles, pure by chance, from winning, since its average
-    would be too noisy to show the structure. Ties go to the larger count, then to the smaller
-    cluster id.
+    (capped at the most any cluster holds). Enrichment is what makes a subset worth
+    averaging; the floor keeps a cluster of a handful of particles, pure by chance, from
+    winning, since its average would be too noisy to show the structure. Ties go to the
+    larger count, then to the smaller cluster id.
 
     Returns:
         the cluster id.
@@ -166,7 +166,9 @@ def most_enriched_cluster(
                             f"{min_fraction_of_class}")
     table = enrichment(true_labels, cluster_labels, target_class)
     total = int(table["count"].sum())
-    floor = min(total, max(min_count, math.ceil(min_fraction_of_class * total), 1))
+    # capped at the most any cluster holds, so that some cluster is always eligible
+    floor = min(int(table["count"].max()),
+                max(min_count, math.ceil(min_fraction_of_class * total), 1))
     eligible = table[table["count"] >= floor]
     best = eligible.sort_values(["fraction_in_cluster", "count", "cluster"],
                                 ascending=[False, False, True], kind="mergesort")

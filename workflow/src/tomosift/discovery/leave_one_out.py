@@ -47,7 +47,6 @@ chooses the cluster: the most enriched in C among those holding enough of C
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -247,16 +246,10 @@ def choose_class(labels: np.ndarray, classes: np.ndarray, target: int,
     classified particle. Returns (class, fraction of ``target`` in it); (0, 0.0) when no
     particle is ``target``."""
     labels, classes = np.asarray(labels), np.asarray(classes)
-    is_target = labels == target
-    if not is_target.any():
+    if not np.any(labels == target):
         return 0, 0.0
-    ids = np.unique(classes)
-    counts = np.array([int(is_target[classes == c].sum()) for c in ids])
-    fractions = counts / np.array([int(np.sum(classes == c)) for c in ids])
-    floor = min(max(min_members, math.ceil(0.05 * int(is_target.sum())), 1), int(counts.max()))
-    eligible = np.flatnonzero(counts >= floor)
-    best = max(eligible, key=lambda i: (fractions[i], counts[i], -ids[i]))
-    return int(ids[best]), float(fractions[best])
+    chosen = most_enriched_cluster(labels, classes, target, min_count=max(1, min_members))
+    return chosen, float(np.mean(labels[classes == chosen] == target))
 
 
 @dataclass
