@@ -159,6 +159,12 @@ def main() -> None:
                                             "majority"]) - {"empty"})
     print(f"known classes falsely flagged novel: {len(false_novel)} ({', '.join(false_novel)})")
     print(ratio_separation(args.out_dir / "census/similarity.tsv", truth))
+    steps = result.merged.structures_by_threshold()
+    print(f"structures by threshold (down to {result.merged.followed_to:.3f}): " + ", ".join(
+        f"{count} at <= {step:.3f}" for step, count in steps[1:]))
+    near = [step for step, count in steps[1:] if abs(count - present) <= 2]
+    print(f"thresholds that give {present} +- 2 structures: "
+          + (f"{min(near):.3f} to {max(near):.3f} (step tops)" if near else "none followed"))
     structures.to_csv(args.out_dir / "structures_vs_truth.tsv", sep="\t", index=False)
 
 

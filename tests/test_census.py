@@ -92,6 +92,28 @@ def test_a_fixed_threshold_replaces_the_calibrated_one(four_subsets, census_of_f
     assert together.same_level == pytest.approx(census_of_four.same_level)
 
 
+def test_the_count_by_threshold_predicts_what_another_threshold_gives(four_subsets,
+                                                                    census_of_four):
+    """The census follows its merges past its threshold on copies: the steps say how many
+    structures any threshold down to the median pair ratio gives, and a census run with
+    one of those thresholds gives that many."""
+    calibrated = census_of_four
+    ratios = calibrated.pair_ratios
+    above = float(np.nanmax(ratios)) + 0.01
+    assert calibrated.structures_at(above) == 4
+    assert calibrated.structures_at(calibrated.threshold) == len(calibrated.structures) == 2
+    same = sorted([ratios[0, 1], ratios[2, 3]])
+    assert calibrated.structures_at(0.5 * (same[0] + same[1])) == 3
+    assert calibrated.followed_to == pytest.approx(np.nanmedian(ratios))
+    assert calibrated.structures_at(calibrated.followed_to - 0.01) is None
+    # nothing merges above every ratio, yet the steps followed from there predict the
+    # calibrated census's count
+    apart = merge_averages(*four_subsets, CensusSettings(workers=2, threshold=above))
+    assert len(apart.structures) == 4 and len(apart.ratios_below) >= 2
+    assert apart.structures_at(calibrated.threshold) == 2
+    assert [count for _, count in apart.structures_by_threshold()][:3] == [4, 3, 2]
+
+
 def test_a_structure_without_its_reference_is_novel(census_of_four, maps):
     settings = CensusSettings(workers=2)
     structures = census_of_four.structures

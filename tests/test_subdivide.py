@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -405,8 +406,15 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
         indices = members.loc[members["structure"] == row.structure, "index"]
         assert sorted(star["particles"]["tomosiftIndex"]) == sorted(indices)
     for name in ("census.png", "similarity.png", "similarity.tsv", "census.json",
-                 "unresolved.tsv"):
+                 "unresolved.tsv", "structures_by_threshold.png"):
         assert (out / "census" / name).is_file()
+    # the count by threshold: 4 subsets at a threshold above every ratio, the census's count
+    # at its own threshold
+    steps = pd.read_csv(out / "census/structures_by_threshold.tsv", sep="\t")
+    threshold = json.loads((out / "census/census.json").read_text())["threshold"]
+    assert steps["structures"].iloc[0] == 4
+    assert steps.loc[steps["threshold"] >= threshold - 1e-4, "structures"].iloc[-1] == len(table)
+    assert "with the threshold 0.1 higher / lower" in printed
 
 
 def test_census_bad_inputs_are_one_line_errors(dataset, model, tmp_path, capsys):

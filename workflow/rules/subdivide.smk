@@ -298,6 +298,11 @@ rule subdivide_census:
             caption="../report/subdivide_census_similarity.rst",
             category="Census",
         ),
+        by_threshold=report(
+            f"{SUB_DIR}/census/structures_by_threshold.png",
+            caption="../report/subdivide_census_by_threshold.rst",
+            category="Census",
+        ),
         structures=directory(f"{SUB_DIR}/census/structures"),
     log:
         f"{LOGS}/subdivide/census.log",

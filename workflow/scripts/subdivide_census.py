@@ -8,5 +8,5 @@ log = log_to_file(snakemake.log[0])
 result = census(snakemake.params.subdivision, snakemake.params.out_dir,
                 list(snakemake.input.references), CensusSettings(**snakemake.params.settings),
                 data_path=snakemake.input.data)
-for line in summary_lines(result.table, result.unresolved, result.merged.threshold):
+for line in summary_lines(result.table, result.unresolved, result.merged):
     log.info("%s", line)

@@ -98,7 +98,7 @@ def _run_census(args, subdivision: Path, out_dir: Path, data: Path | None) -> No
 
     result = census(subdivision, out_dir, args.references, _census_settings(args), data,
                     model_path=args.model)
-    for line in summary_lines(result.table, result.unresolved, result.merged.threshold):
+    for line in summary_lines(result.table, result.unresolved, result.merged):
         print(line)
     print(f"outputs in {out_dir}: census.tsv, members.tsv, unresolved.tsv, structures/ "
           f"({len(result.table)} maps with half-maps and STAR), census.png, similarity.png")

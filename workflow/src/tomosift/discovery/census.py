@@ -239,6 +239,11 @@ class MergeResult:
         calibration_ratios: the ratios of the calibration pairs.
         pair_ratios: (A, A) the ratio of every pair of input averages (nan on the diagonal).
         merges: (first subsets, second subsets, ratio) in the order they merged.
+        ratios_below: the ratios of the merges that would follow below the threshold, down
+            to the median pair ratio (not made: they say how the count depends on the
+            threshold, :meth:`structures_by_threshold`).
+        followed_to: the lowest threshold the merges were followed to (the median pair
+            ratio, or the threshold when that is lower; nan: nothing merged).
     """
 
     structures: list[SubsetAverage]
@@ -247,6 +252,34 @@ class MergeResult:
     calibration_ratios: np.ndarray
     pair_ratios: np.ndarray
     merges: list[tuple[list[int], list[int], float]]
+    ratios_below: list[float] = field(default_factory=list)
+    followed_to: float = float("nan")
+
+    def structures_by_threshold(self) -> list[tuple[float, int]]:
+        """(threshold, structures) steps: with any merge threshold in (the next step's
+        threshold, this one], the census ends with this many structures; the first step
+        holds every input average (no merge reaches a threshold above the highest ratio).
+        Merging stops at the first merge whose ratio is below the threshold, so a step's
+        threshold is the running minimum of the merge ratios."""
+        count = len(self.structures) + len(self.merges)
+        steps = [(float("inf"), count)]
+        lowest = float("inf")
+        for ratio in [r for _, _, r in self.merges] + list(self.ratios_below):
+            count -= 1
+            lowest = min(lowest, ratio)
+            if lowest < steps[-1][0]:
+                steps.append((lowest, count))
+            else:
+                steps[-1] = (steps[-1][0], count)
+        return steps
+
+    def structures_at(self, threshold: float) -> int | None:
+        """How many structures a merge threshold would give; None below ``followed_to``
+        (the merges were not followed that far)."""
+        if not threshold >= self.followed_to:
+            return None
+        return [count for step, count in self.structures_by_threshold()
+                if threshold <= step][-1]
 
 
 def _map(function: Callable, items: Sequence, workers: int) -> list:
@@ -311,8 +344,29 @@ def merge_averages(averages: Sequence[SubsetAverage],
         rule = "midway to the median pair ratio"
     if progress:
         progress(f"merge threshold {threshold:.3f} ({rule})")
+    merges, nodes, scores = _agglomerate(nodes, scores, comparable, threshold, settings,
+                                         progress)
+    # on past the threshold, down to the different-structure level, on copies: how the count
+    # would change with the threshold (how sure it is)
+    floor = float(np.nanmedian(pair_ratios)) if pairs else float("nan")
+    below, _, _ = (_agglomerate(dict(nodes), dict(scores), set(comparable), floor, settings)
+                   if np.isfinite(threshold) and floor < threshold else ([], None, None))
+    structures = sorted(nodes.values(), key=lambda a: (-a.particles, a.subsets[0]))
+    return MergeResult(structures, threshold, same_level, calibration_ratios, pair_ratios,
+                       merges, [ratio for _, _, ratio in below],
+                       min(floor, threshold) if np.isfinite(floor) else threshold)
+
+
+def _agglomerate(nodes: dict[int, SubsetAverage],
+                 scores: dict[tuple[int, int], tuple[float, Alignment]],
+                 comparable: set[int], threshold: float, settings: CensusSettings,
+                 progress: Callable[[str], None] | None = None
+                 ) -> tuple[list[tuple[list[int], list[int], float]], dict, dict]:
+    """Merge the pair with the highest ratio while it reaches ``threshold`` (module
+    docstring); ``nodes``, ``scores`` and ``comparable`` are updated in place. Returns (the
+    merges, the nodes, the scores) at the stop."""
     merges = []
-    next_id = n
+    next_id = max(set(nodes) | comparable, default=-1) + 1  # ids never reused
     while scores and np.isfinite(threshold):
         (i, j), (ratio, alignment) = max(scores.items(), key=lambda item: item[1][0])
         if ratio < threshold:
@@ -332,9 +386,7 @@ def merge_averages(averages: Sequence[SubsetAverage],
         if progress:
             progress(f"merged subsets {merges[-1][0]} + {merges[-1][1]} (ratio {ratio:.3f}); "
                      f"{len(nodes)} structures")
-    structures = sorted(nodes.values(), key=lambda a: (-a.particles, a.subsets[0]))
-    return MergeResult(structures, threshold, same_level, calibration_ratios, pair_ratios,
-                       merges)
+    return merges, nodes, scores
 
 
 def nearest_references(structures: Sequence[SubsetAverage], references: dict[str, np.ndarray],

@@ -399,6 +399,13 @@ def recover_from_classified(classified: Classified, clusters: pd.DataFrame, clus
     return _recovery(clusters, cluster, target, found, settings)
 
 
+def training_classes_of(feature_set: FeatureSet, held_out: Sequence[str]) -> list[str]:
+    """The classes the features' network was trained on: as its feature file records them,
+    else every class of the features but ``held_out``."""
+    return list(feature_set.attrs.get("training_classes") or [
+        n for n in feature_set.class_names if n not in set(held_out)])
+
+
 def classify_novel_cluster(data_path: str | os.PathLike, features_path: str | os.PathLike,
                            clusters_path: str | os.PathLike, held_out: Sequence[str],
                            rank: int, out_dir: str | os.PathLike, settings: RecoverySettings,
@@ -414,8 +421,7 @@ def classify_novel_cluster(data_path: str | os.PathLike, features_path: str | os
     out = Path(out_dir)
     clusters = read_cluster_table(clusters_path)
     feature_set = read_features(features_path)
-    training = feature_set.attrs.get("training_classes") or [
-        n for n in feature_set.class_names if n not in set(held_out)]
+    training = training_classes_of(feature_set, held_out)
     novelty = _ranked_novelty(feature_set, clusters, training, settings).sort_values("rank")
     record: dict = {"rank": int(rank), "cluster": None, "size": 0, "novelty": float("nan")}
     if rank <= len(novelty):
@@ -571,8 +577,7 @@ def run_class(data_path: str | os.PathLike, features_path: str | os.PathLike,
         raise TomosiftError(f"{features_path}: no class {target_class}")
     if model_path is not None:
         check_never_seen(model_path, data_path, held_out)
-    training = feature_set.attrs.get("training_classes") or [n for n in names
-                                                            if n not in held_out]
+    training = training_classes_of(feature_set, held_out)
     leaked = sorted(set(held_out) & set(training))
     if leaked:
         raise TomosiftError(f"{features_path}: the features' training classes hold "

@@ -19,7 +19,10 @@ Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its data
   rows of ``subsets/all.star``, ``rlnClassNumber`` = structure);
 - ``census.png`` (central slices, novel structures marked), ``similarity.png`` and
   ``similarity.tsv`` (the same-structure ratio of every pair of averaged subsets),
-  ``census.json`` (calibration and merges).
+  ``census.json`` (calibration and merges);
+- ``structures_by_threshold.tsv`` and ``.png``: how many structures each merge threshold
+  would give (the merges followed on past the threshold, on copies, down to the median pair
+  ratio): how sure the count is.
 
 References are MRC maps at the data's voxel size, or ``training``: the class averages stored
 in the model file (:mod:`tomosift.classify.class_averages`; the model is ``model_path``, else
@@ -348,8 +351,9 @@ def _calibration_subsets(eligible: list[int], averages: list[SubsetAverage],
     return []
 
 
-def summary_lines(frame, unresolved: list[int], threshold: float) -> list[str]:
+def summary_lines(frame, unresolved: list[int], merged: MergeResult) -> list[str]:
     """A few lines for the terminal and the log."""
+    threshold = merged.threshold
     novel = int(frame["novel"].sum())
     blank = int((~frame["resolved"]).sum())
     averaged = sum(len(s.split(",")) for s in frame["subsets"])
@@ -360,6 +364,11 @@ def summary_lines(frame, unresolved: list[int], threshold: float) -> list[str]:
     if not np.isfinite(threshold):
         lines.append("warning: no subset average resolves 2 Fourier shells at half-set FSC "
                      "0.143: nothing could be compared, each subset is its own structure")
+        return lines
+    spread = [(t, merged.structures_at(t)) for t in (threshold + 0.1, threshold - 0.1)]
+    lines.append("with the threshold 0.1 higher / lower: " + " / ".join(
+        f"{count} structures" if count is not None else "below the median pair ratio"
+        for _, count in spread) + " (structures_by_threshold.tsv)")
     return lines
 
 
@@ -375,6 +384,8 @@ def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structur
     files = {"census": out / "census.tsv", "members": out / "members.tsv",
              "unresolved": out / "unresolved.tsv", "gallery": out / "census.png",
              "similarity": out / "similarity.png", "made_from": out / "census.json",
+             "by_threshold": out / "structures_by_threshold.tsv",
+             "by_threshold_plot": out / "structures_by_threshold.png",
              "structures": []}
     write_text(files["census"], frame.to_csv(sep="\t", index=False, na_rep="nan"))
     members = pd.DataFrame({"index": indices, "subset": subsets,
@@ -399,14 +410,21 @@ def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structur
     matrix = pd.DataFrame(merged.pair_ratios, index=pd.Index(order, name="subset"),
                           columns=[str(s) for s in order])
     write_text(files["similarity_table"], matrix.round(4).to_csv(sep="\t", na_rep="nan"))
+    steps = merged.structures_by_threshold()
+    write_text(files["by_threshold"], pd.DataFrame(
+        {"threshold": [round(t, 4) for t, _ in steps], "structures": [c for _, c in steps]}
+    ).to_csv(sep="\t", index=False))
     _plot_gallery(files["gallery"], frame, merged.structures, voxel)
+    _plot_by_threshold(files["by_threshold_plot"], merged)
     _plot_similarity(files["similarity"], merged, structure_of, order)
     made_from = {"settings": {k: v for k, v in asdict(settings).items() if k != "align"},
                  "threshold": merged.threshold,
                  "same_level": merged.same_level,
                  "calibration_ratios": [round(float(r), 4) for r in merged.calibration_ratios],
                  "merges": [{"first": a, "second": b, "ratio": round(r, 4)}
-                            for a, b, r in merged.merges]}
+                            for a, b, r in merged.merges],
+                 "ratios_below_threshold": [round(r, 4) for r in merged.ratios_below],
+                 "followed_to": merged.followed_to}
     if references is not None and references.models:
         made_from["class_average_references"] = {"models": references.models,
                                                  "band_limits": references.band_limits}
@@ -456,4 +474,35 @@ def _plot_similarity(path: Path, merged: MergeResult, structure_of: dict, order:
     figure.colorbar(image, ax=ax, label="same-structure ratio")
     ax.set_title(f"subset pairs, grouped by structure (same at >= {merged.threshold:.2f})",
                  fontsize=9)
+    save_figure(figure, path)
+
+
+def _plot_by_threshold(path: Path, merged: MergeResult) -> None:
+    """Structures against the merge threshold (followed down to the median pair ratio),
+    the threshold used, and the calibration pairs' ratios as ticks."""
+    import matplotlib.pyplot as plt
+
+    from tomosift.plots import save_figure
+
+    steps = merged.structures_by_threshold()
+    figure, ax = plt.subplots(figsize=(5.5, 3.5))
+    finite = [(t, c) for t, c in steps if np.isfinite(t)]
+    top = max([1.05] + [t + 0.02 for t, _ in finite])
+    thresholds = [top] + [t for t, _ in finite]
+    counts = [steps[0][1]] + [c for _, c in finite]
+    if np.isfinite(merged.followed_to):
+        thresholds.append(merged.followed_to)
+        counts.append(counts[-1])
+    ax.step(thresholds, counts, where="post", color="black")
+    if np.isfinite(merged.threshold):
+        ax.axvline(merged.threshold, color="tab:red", label=f"threshold {merged.threshold:.2f}")
+    if merged.calibration_ratios.size:
+        ax.plot(merged.calibration_ratios, np.full(merged.calibration_ratios.size, 0.0), "|",
+                color="tab:blue", markersize=12, label="calibration pairs (one structure)")
+    ax.set_xlabel("merge threshold (same-structure ratio)")
+    ax.set_ylabel("structures")
+    ax.set_ylim(bottom=0)
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    ax.set_title("how the count depends on the threshold", fontsize=9)
     save_figure(figure, path)
