@@ -485,7 +485,7 @@ def _plot_by_threshold(path: Path, merged: MergeResult) -> None:
     from tomosift.plots import save_figure
 
     steps = merged.structures_by_threshold()
-    figure, ax = plt.subplots(figsize=(5.5, 3.5))
+    figure, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
     finite = [(t, c) for t, c in steps if np.isfinite(t)]
     top = max([1.05] + [t + 0.02 for t, _ in finite])
     thresholds = [top] + [t for t, _ in finite]
@@ -503,6 +503,6 @@ def _plot_by_threshold(path: Path, merged: MergeResult) -> None:
     ax.set_ylabel("structures")
     ax.set_ylim(bottom=0)
     ax.invert_xaxis()
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_title("how the count depends on the threshold", fontsize=9)
     save_figure(figure, path)
