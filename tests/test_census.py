@@ -143,3 +143,28 @@ def test_settings_are_checked():
         CensusSettings(calibration_quantile=1.5)
     with pytest.raises(TomosiftError, match="threshold must be in"):
         CensusSettings(threshold=0.0)
+
+
+def test_calibration_splits_the_best_resolved_subsets_not_the_largest(rng):
+    """A large subset whose half-maps disagree (a mixture) is split after a smaller one that
+    resolves; subsets with fewer than 2 x min_members members only when none has more."""
+    from scipy import ndimage
+
+    from tomosift.subdivide.census import _calibration_subsets
+
+    box = 24
+    signal = ndimage.gaussian_filter(rng.normal(size=(box,) * 3), 1.0).astype(np.float32)
+    coverage = np.ones((box, box, box // 2 + 1), dtype=np.float32)
+
+    def average(halves_agree: bool, particles: int, number: int) -> SubsetAverage:
+        noise = 0.05 * rng.normal(size=(2,) + (box,) * 3)
+        halves = (signal + noise) if halves_agree else rng.normal(size=(2,) + (box,) * 3)
+        return SubsetAverage(halves.astype(np.float32), coverage, particles, [number])
+
+    mixture, resolving, small = average(False, 300, 1), average(True, 40, 2), average(True, 8, 3)
+    assert resolving.resolved_shell > mixture.resolved_shell
+    settings = CensusSettings(min_members=10, calibration_subsets=1)
+    assert _calibration_subsets([1, 2, 3], [mixture, resolving, small], settings) == [2]
+    settings = CensusSettings(min_members=10, calibration_subsets=8)
+    assert _calibration_subsets([1, 2, 3], [mixture, resolving, small], settings) == [2, 1]
+    assert _calibration_subsets([3], [small], settings) == [3]

@@ -74,8 +74,8 @@ def _add_census_options(parser) -> None:
                              "calibration pairs (default 0.1); subsets merge above the midpoint "
                              "between it and the median ratio of all pairs")
     parser.add_argument("--calibration-subsets", type=int, default=8,
-                        help="the largest subsets each split into two independent averages "
-                             "to calibrate (default 8)")
+                        help="the best-resolved subsets each split into two independent "
+                             "averages to calibrate (default 8)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="merge subsets whose same-structure ratio reaches this fixed "
                              "value instead of the calibrated threshold (about 1 = one "

@@ -11,7 +11,7 @@ averages of one structure whatever their particle counts and resolutions, and lo
 different structures.
 
 **Calibration.** Both ends of the scale are measured on the data. The *same-structure
-level*: the members of a few of the largest subsets are split at random into two groups,
+level*: the members of a few of the best-resolved subsets are split at random into two groups,
 each averaged on its own (an independent refinement from its own start, as two subsets of
 one structure are); these pairs are one structure by construction, and the level is a low
 quantile (``calibration_quantile``) of their ratios. The *different-structure level*: the
@@ -82,7 +82,7 @@ class CensusSettings:
         iterations: refinement iterations of each subset's average.
         calibration_quantile: the same-structure level is this quantile of the ratios of the
             calibration pairs (see the module docstring).
-        calibration_subsets: how many of the largest subsets (with at least twice
+        calibration_subsets: how many of the best-resolved subsets (with at least twice
             ``min_members`` members) are split into two independent averages to calibrate.
         threshold: a fixed merge threshold on the same-structure ratio in place of the
             calibrated one (None: the calibrated midpoint). The calibration is still measured

@@ -340,12 +340,19 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 def _calibration_subsets(eligible: list[int], averages: list[SubsetAverage],
                          settings: CensusSettings) -> list[int]:
-    """The largest subsets with at least 2 x ``min_members`` averaged members (at most
-    ``calibration_subsets``), or the largest with at least 4 when none has that many."""
-    by_size = sorted(zip(eligible, averages, strict=True),
-                     key=lambda item: (-item[1].particles, item[0]))
+    """The best-resolved subsets (most shells at half-set FSC >= 0.143, then the largest)
+    with at least 2 x ``min_members`` averaged members (at most ``calibration_subsets``), or
+    with at least 4 when none has that many.
+
+    Best-resolved, not largest: split into two, a subset that mixes structures gives two
+    averages that disagree (each refinement follows its own part of the mixture), which says
+    nothing about how two averages of one structure agree; and a mixture resolves less than
+    one structure does. The largest subsets of a subdivision are often its mixtures
+    (docs/benchmarks.md, issue 20)."""
+    ranked = sorted(zip(eligible, averages, strict=True),
+                    key=lambda item: (-item[1].resolved_shell, -item[1].particles, item[0]))
     for least in (2 * settings.min_members, 4):
-        chosen = [n for n, a in by_size if a.particles >= least]
+        chosen = [n for n, a in ranked if a.particles >= least]
         if chosen:
             return chosen[: settings.calibration_subsets]
     return []
