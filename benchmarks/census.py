@@ -18,7 +18,7 @@ the maps of the classes the network was trained on as references, and prints:
         --loo-dir results/leave_one_out --source dsrf3d-bin2-embedding --fold 1 \\
         --data results/datasets/dose80_tilt60.h5 --densities results/densities \\
         --out-dir results/benchmarks/census_fold1 [--max-members 50 (0: all)] [--threads 2]
-        [--threshold R (a fixed merge threshold)]
+        [--threshold R (a fixed merge threshold)] [--calibration per_subset]
 
 ``--oracle-chunks N`` replaces the clusters by a perfect subdivision: each true class's test
 members split at random into N subsets. It asks what the census itself can do when every
@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--threshold", type=float, default=None,
                         help="a fixed merge threshold (default: the calibrated one)")
+    parser.add_argument("--calibration", choices=("best_resolved", "per_subset"),
+                        default="best_resolved",
+                        help="one same-structure level, or each pair held to its subsets' own")
     parser.add_argument("--oracle-chunks", type=int, default=0,
                         help="subsets = each true class split in this many (0: the clusters)")
     args = parser.parse_args()
@@ -114,7 +117,8 @@ def main() -> None:
                                 args.data, args.out_dir, args.oracle_chunks)
     started = time.time()
     settings = CensusSettings(min_members=args.min_members, max_members=args.max_members or None,
-                              threshold=args.threshold, workers=args.threads)
+                              threshold=args.threshold, calibration=args.calibration,
+                              workers=args.threads)
     result = census(folder, args.out_dir / "census", references, settings)
     seconds = time.time() - started
     truth = pd.read_csv(folder / "clusters.tsv", sep="\t")

@@ -16,7 +16,10 @@ from tomosift.discovery.census import (
     has_density,
     is_novel,
     merge_averages,
+    merge_threshold,
     nearest_references,
+    normalised_score,
+    pair_levels,
 )
 from tomosift.discovery.classify3d import ClassifySettings, classify
 from tomosift.errors import TomosiftError
@@ -114,6 +117,26 @@ def test_the_count_by_threshold_predicts_what_another_threshold_gives(four_subse
     assert [count for _, count in apart.structures_by_threshold()][:3] == [4, 3, 2]
 
 
+def test_per_subset_calibration_merges_the_same_structures(four_subsets, census_of_four):
+    """Subsets 1 (1u6g) and 3 (4v1w) own a calibration split each, 2 and 4 none: the census
+    held pair by pair to its subsets' own levels finds the same two structures, on the
+    normalised scale, and its count by threshold agrees with it."""
+    averages, calibration = four_subsets
+    settings = CensusSettings(workers=2, calibration="per_subset")
+    with pytest.raises(TomosiftError, match="owners"):
+        merge_averages(averages, calibration, settings)
+    merged = merge_averages(averages, calibration, settings, owners=[0, 2])
+    assert merged.normalised and merged.threshold == 0.5
+    assert sorted(s.subsets for s in merged.structures) == [[1, 2], [3, 4]]
+    np.testing.assert_allclose(merged.calibration_ratios, census_of_four.calibration_ratios)
+    assert merged.levels[0] == pytest.approx(merged.calibration_ratios[0])
+    assert merged.levels[2] == pytest.approx(merged.calibration_ratios[1])
+    assert merged.levels[1] == merged.levels[3] == pytest.approx(merged.same_level)
+    assert all(score >= 0.5 for _, _, score in merged.merges)
+    assert merged.followed_to == 0.0 and merged.structures_at(0.5) == 2
+    assert merged.structures_at(max(s for _, _, s in merged.merges) + 0.01) == 4
+
+
 def test_a_structure_without_its_reference_is_novel(census_of_four, maps):
     settings = CensusSettings(workers=2)
     structures = census_of_four.structures
@@ -143,6 +166,24 @@ def test_settings_are_checked():
         CensusSettings(calibration_quantile=1.5)
     with pytest.raises(TomosiftError, match="threshold must be in"):
         CensusSettings(threshold=0.0)
+    with pytest.raises(TomosiftError, match="calibration must be one of"):
+        CensusSettings(calibration="largest")
+    with pytest.raises(TomosiftError, match="per_subset"):
+        CensusSettings(calibration="per_subset", threshold=0.8)
+
+
+def test_a_pair_is_held_to_the_lower_of_its_subsets_own_levels():
+    """Own levels where a subset's split agrees better than the median pair, the common
+    level elsewhere; the normalised score is 0 at the median pair ratio and 1 at the pair's
+    level, so the midway rule (0.5) is the best_resolved rule when every level is common."""
+    levels = pair_levels(np.array([0.95, np.nan, 0.30, 0.70]), same_level=0.85,
+                         median_ratio=0.35)
+    np.testing.assert_allclose(levels, [0.95, 0.85, 0.85, 0.70])
+    assert normalised_score(0.35, 0.70, 0.35) == pytest.approx(0.0)
+    assert normalised_score(0.70, 0.70, 0.35) == pytest.approx(1.0)
+    # the ratio that scores 0.5 against the common level is the best_resolved midpoint
+    midpoint = merge_threshold(0.85, np.array([0.2, 0.35, 0.5]))
+    assert normalised_score(midpoint, 0.85, 0.35) == pytest.approx(0.5)
 
 
 def test_calibration_splits_the_best_resolved_subsets_not_the_largest(rng):

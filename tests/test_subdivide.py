@@ -415,6 +415,22 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
     assert steps["structures"].iloc[0] == 4
     assert steps.loc[steps["threshold"] >= threshold - 1e-4, "structures"].iloc[-1] == len(table)
     assert "with the threshold 0.1 higher / lower" in printed
+    # each pair held to its subsets' own levels: every subset large enough is split, the
+    # scale is the normalised score, and 1bxn still joins no other complex
+    assert main([*argv[:4], str(out / "census_per_subset"), *argv[5:],
+                 "--calibration", "per_subset"]) == 0
+    assert "(normalised score)" in capsys.readouterr().out
+    made_from = json.loads((out / "census_per_subset/census.json").read_text())
+    assert made_from["scale"] == "normalised score" and made_from["threshold"] == 0.5
+    sizes = clusters["cluster"].value_counts()
+    split = {int(s) for s in sizes.index if sizes[s] >= 12}  # 2 x --min-members
+    assert split and len(made_from["settings"]) and len(made_from["subset_levels"]) == 4
+    assert len(made_from["calibration_ratios"]) == len(split)
+    per_subset = pd.read_csv(out / "census_per_subset/census.tsv", sep="\t")
+    for row in per_subset.itertuples():
+        numbers = [int(s) for s in str(row.subsets).split(",")]
+        classes = set(clusters.loc[clusters["cluster"].isin(numbers), "class"])
+        assert NAMES[1] not in classes or classes == {NAMES[1]}
 
 
 def test_census_bad_inputs_are_one_line_errors(dataset, model, tmp_path, capsys):

@@ -76,6 +76,11 @@ def _add_census_options(parser) -> None:
     parser.add_argument("--calibration-subsets", type=int, default=8,
                         help="the best-resolved subsets each split into two independent "
                              "averages to calibrate (default 8)")
+    parser.add_argument("--calibration", choices=("best_resolved", "per_subset"),
+                        default="best_resolved",
+                        help="best_resolved (default): one same-structure level for every "
+                             "pair; per_subset: every subset is split too and each pair is "
+                             "held to the lower of its subsets' own levels")
     parser.add_argument("--threshold", type=float, default=None,
                         help="merge subsets whose same-structure ratio reaches this fixed "
                              "value instead of the calibrated threshold (about 1 = one "
@@ -89,6 +94,7 @@ def _census_settings(args):
                           max_members=args.max_members or None,
                           calibration_quantile=args.calibration_quantile,
                           calibration_subsets=args.calibration_subsets,
+                          calibration=args.calibration,
                           threshold=args.threshold, seed=args.seed,
                           workers=args.threads or 1)
 

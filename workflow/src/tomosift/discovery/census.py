@@ -24,6 +24,15 @@ better still: they share one refinement's start and systematic errors.) No numbe
 to a dataset. With few structures among few subsets the median is no longer a
 different-structure level and the threshold rises: fewer merges.
 
+**Per-subset calibration** (``calibration: per_subset``): every subset is split the same
+way, and a pair is held to the lower of its two subsets' own levels, since a small complex's
+averages reproduce less well than a large one's and one common level judges them by the
+large ones (docs/benchmarks.md, issue 20). The merge score is normalised,
+``(ratio - median) / (level - median)``: 0 at the median pair ratio, 1 at the pair's level,
+merged at 0.5 (with every level the common one this is the midway rule). A subset whose split
+agrees no better than the median pair, or that has too few members to split, takes the
+common level; a merged structure keeps the lower level of its two.
+
 **Merging** is agglomerative: the pair with the highest ratio above the threshold merges
 (the second's half-maps turned onto the first and summed with particle-count weights, so the
 merged half-maps stay independent), the merged average is compared again with every other,
@@ -70,6 +79,11 @@ from tomosift.errors import TomosiftError
 RESOLVED_FSC = 0.143
 #: A subset average must resolve at least this many shells to be compared.
 MIN_RESOLVED_SHELLS = 2
+#: How the same-structure level is calibrated (:class:`CensusSettings`).
+CALIBRATIONS = ("best_resolved", "per_subset")
+#: The per-subset census merges a pair at this normalised score (midway between the median
+#: pair ratio, 0, and the pair's own same-structure level, 1).
+NORMALISED_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,11 @@ class CensusSettings:
             calibration pairs (see the module docstring).
         calibration_subsets: how many of the best-resolved subsets (with at least twice
             ``min_members`` members) are split into two independent averages to calibrate.
+        calibration: ``best_resolved``: one same-structure level for every pair, from the
+            ``calibration_subsets`` best-resolved subsets. ``per_subset``: every subset with
+            enough members is split too, and a pair is held to the lower of its two
+            subsets' own levels (:func:`pair_levels`); merge scores are then normalised
+            (0 = the median pair ratio, 1 = the pair's own level, merged at 0.5).
         threshold: a fixed merge threshold on the same-structure ratio in place of the
             calibrated one (None: the calibrated midpoint). The calibration is still measured
             and reported beside it.
@@ -99,6 +118,7 @@ class CensusSettings:
     iterations: int = 2
     calibration_quantile: float = 0.1
     calibration_subsets: int = 8
+    calibration: str = "best_resolved"
     threshold: float | None = None
     reference_resolution_factor: float = 2.0
     seed: int = 1
@@ -118,6 +138,12 @@ class CensusSettings:
         if self.calibration_subsets < 1:
             raise TomosiftError(f"calibration_subsets must be >= 1, got "
                                 f"{self.calibration_subsets}")
+        if self.calibration not in CALIBRATIONS:
+            raise TomosiftError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got "
+                                f"{self.calibration!r}")
+        if self.threshold is not None and self.calibration != "best_resolved":
+            raise TomosiftError("a fixed threshold is a same-structure ratio for every pair: "
+                                "use it with calibration best_resolved, not per_subset")
         if self.threshold is not None and not 0.0 < self.threshold < 2.0:
             raise TomosiftError(f"threshold must be in (0, 2) (a same-structure ratio; about 1 "
                                 f"for one structure), got {self.threshold}")
@@ -244,6 +270,11 @@ class MergeResult:
             threshold, :meth:`structures_by_threshold`).
         followed_to: the lowest threshold the merges were followed to (the median pair
             ratio, or the threshold when that is lower; nan: nothing merged).
+        levels: per input average, its own same-structure level (``per_subset``
+            calibration: the ratio of its split, or ``same_level`` where it has none or one
+            no higher than the median pair ratio); empty otherwise.
+        normalised: True when ``threshold``, the merge scores and ``ratios_below`` are
+            normalised scores (``per_subset``), False when they are same-structure ratios.
     """
 
     structures: list[SubsetAverage]
@@ -254,6 +285,8 @@ class MergeResult:
     merges: list[tuple[list[int], list[int], float]]
     ratios_below: list[float] = field(default_factory=list)
     followed_to: float = float("nan")
+    levels: list[float] = field(default_factory=list)
+    normalised: bool = False
 
     def structures_by_threshold(self) -> list[tuple[float, int]]:
         """(threshold, structures) steps: with any merge threshold in (the next step's
@@ -291,18 +324,46 @@ def _map(function: Callable, items: Sequence, workers: int) -> list:
         return list(pool.map(function, items))
 
 
+def calibration_ratios(pairs: Sequence[tuple[SubsetAverage, SubsetAverage]],
+                       settings: CensusSettings) -> np.ndarray:
+    """(P,) the ratio of each pair that is one structure by construction (nan for a pair
+    that does not resolve :data:`MIN_RESOLVED_SHELLS` shells on both sides)."""
+    def ratio(pair: tuple[SubsetAverage, SubsetAverage]) -> float:
+        if min(pair[0].resolved_shell, pair[1].resolved_shell) < MIN_RESOLVED_SHELLS:
+            return float("nan")
+        return pair_ratio(pair[0], pair[1], settings.align)[0]
+
+    return np.array(_map(ratio, list(pairs), settings.workers), dtype=np.float64)
+
+
 def calibrate(pairs: Sequence[tuple[SubsetAverage, SubsetAverage]], settings: CensusSettings
               ) -> tuple[float, np.ndarray]:
     """(same-structure level, ratios): the ``calibration_quantile`` of the ratios of pairs
     that are one structure by construction (nan when no pair resolves
     :data:`MIN_RESOLVED_SHELLS` shells on both sides)."""
-    usable = [(a, b) for a, b in pairs
-              if min(a.resolved_shell, b.resolved_shell) >= MIN_RESOLVED_SHELLS]
-    ratios = np.array(_map(lambda pair: pair_ratio(pair[0], pair[1], settings.align)[0],
-                           usable, settings.workers), dtype=np.float64)
-    if ratios.size == 0:  # nothing reproducible enough to compare: nothing merges
-        return float("nan"), ratios
-    return float(np.quantile(ratios, settings.calibration_quantile)), ratios
+    return _level(calibration_ratios(pairs, settings), settings)
+
+
+def _level(ratios: np.ndarray, settings: CensusSettings) -> tuple[float, np.ndarray]:
+    usable = ratios[np.isfinite(ratios)]
+    if usable.size == 0:  # nothing reproducible enough to compare: nothing merges
+        return float("nan"), usable
+    return float(np.quantile(usable, settings.calibration_quantile)), usable
+
+
+def pair_levels(own_ratios: np.ndarray, same_level: float, median_ratio: float
+                ) -> np.ndarray:
+    """(A,) each average's own same-structure level: the ratio of its own split where it
+    has one above the median pair ratio, else the common ``same_level`` (a split that
+    agrees no better than two different structures, or none, says nothing of the subset)."""
+    own = np.asarray(own_ratios, dtype=np.float64)
+    return np.where(np.isfinite(own) & (own > median_ratio), own, same_level)
+
+
+def normalised_score(ratio: float, level: float, median_ratio: float) -> float:
+    """A pair's ratio on the scale 0 = the median pair ratio, 1 = ``level`` (the lower of
+    the pair's own levels); the pair merges at :data:`NORMALISED_THRESHOLD`."""
+    return (ratio - median_ratio) / (level - median_ratio)
 
 
 def merge_threshold(same_level: float, pair_ratios: np.ndarray) -> float:
@@ -317,11 +378,22 @@ def merge_threshold(same_level: float, pair_ratios: np.ndarray) -> float:
 def merge_averages(averages: Sequence[SubsetAverage],
                    calibration_pairs: Sequence[tuple[SubsetAverage, SubsetAverage]],
                    settings: CensusSettings,
-                   progress: Callable[[str], None] | None = None) -> MergeResult:
+                   progress: Callable[[str], None] | None = None,
+                   owners: Sequence[int] | None = None) -> MergeResult:
     """Calibrate on ``calibration_pairs`` (two independent averages of one subset each),
     compare every pair of ``averages`` and merge agglomeratively (module docstring).
-    Averages that resolve fewer than :data:`MIN_RESOLVED_SHELLS` shells stay single."""
-    same_level, calibration_ratios = calibrate(calibration_pairs, settings)
+    Averages that resolve fewer than :data:`MIN_RESOLVED_SHELLS` shells stay single.
+
+    ``owners`` (``per_subset`` calibration): the index in ``averages`` of the subset each
+    calibration pair was split from, best-resolved first; the common level comes from the
+    first ``calibration_subsets`` of them."""
+    per_subset = settings.calibration == "per_subset"
+    if per_subset and (owners is None or len(owners) != len(calibration_pairs)):
+        raise TomosiftError("per_subset calibration needs the subset of every calibration "
+                            "pair (owners)")
+    all_ratios = calibration_ratios(calibration_pairs, settings)
+    common = all_ratios[: settings.calibration_subsets] if per_subset else all_ratios
+    same_level, calibration_used = _level(common, settings)
     n = len(averages)
     nodes: dict[int, SubsetAverage] = dict(enumerate(averages))
     comparable = {i for i, a in nodes.items() if a.resolved_shell >= MIN_RESOLVED_SHELLS
@@ -329,7 +401,7 @@ def merge_averages(averages: Sequence[SubsetAverage],
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)
              if i in comparable and j in comparable]
     if progress:
-        progress(f"same-structure level {same_level:.3f} from {len(calibration_ratios)} "
+        progress(f"same-structure level {same_level:.3f} from {len(calibration_used)} "
                  f"calibration pairs; {len(pairs)} pairs to align")
     found = _map(lambda p: pair_ratio(nodes[p[0]], nodes[p[1]], settings.align), pairs,
                  settings.workers)
@@ -337,43 +409,71 @@ def merge_averages(averages: Sequence[SubsetAverage],
     pair_ratios = np.full((n, n), np.nan)
     for (i, j), (ratio, _) in scores.items():
         pair_ratios[i, j] = pair_ratios[j, i] = ratio
-    if settings.threshold is not None and pairs:
+    median = float(np.nanmedian(pair_ratios)) if pairs else float("nan")
+    levels: dict[int, float] | None = None
+    if per_subset:
+        own = np.full(n, np.nan)
+        for owner, ratio in zip(owners, all_ratios, strict=True):
+            own[owner] = ratio
+        level_of = pair_levels(own, same_level, median)
+        levels = {i: float(level_of[i]) for i in range(n)}
+        usable = np.isfinite(same_level) and np.isfinite(median) and same_level > median
+        threshold = NORMALISED_THRESHOLD if usable and pairs else float("nan")
+        with_own = int(np.sum(level_of != same_level))
+        rule = (f"normalised, each pair held to its subsets' own levels ({with_own} of {n} "
+                f"subsets with their own)")
+    elif settings.threshold is not None and pairs:
         threshold, rule = settings.threshold, "fixed"
     else:
         threshold = merge_threshold(same_level, pair_ratios[np.triu_indices(n, 1)])
         rule = "midway to the median pair ratio"
     if progress:
         progress(f"merge threshold {threshold:.3f} ({rule})")
+    input_levels = [levels[i] for i in range(n)] if levels is not None else []
     merges, nodes, scores = _agglomerate(nodes, scores, comparable, threshold, settings,
-                                         progress)
+                                         progress, levels, median)
     # on past the threshold, down to the different-structure level, on copies: how the count
     # would change with the threshold (how sure it is)
-    floor = float(np.nanmedian(pair_ratios)) if pairs else float("nan")
-    below, _, _ = (_agglomerate(dict(nodes), dict(scores), set(comparable), floor, settings)
+    floor = 0.0 if per_subset else median
+    below, _, _ = (_agglomerate(dict(nodes), dict(scores), set(comparable), floor, settings,
+                                None, dict(levels) if levels is not None else None, median)
                    if np.isfinite(threshold) and floor < threshold else ([], None, None))
     structures = sorted(nodes.values(), key=lambda a: (-a.particles, a.subsets[0]))
-    return MergeResult(structures, threshold, same_level, calibration_ratios, pair_ratios,
+    return MergeResult(structures, threshold, same_level, calibration_used, pair_ratios,
                        merges, [ratio for _, _, ratio in below],
-                       min(floor, threshold) if np.isfinite(floor) else threshold)
+                       min(floor, threshold) if np.isfinite(floor) else threshold,
+                       input_levels, per_subset)
 
 
 def _agglomerate(nodes: dict[int, SubsetAverage],
                  scores: dict[tuple[int, int], tuple[float, Alignment]],
                  comparable: set[int], threshold: float, settings: CensusSettings,
-                 progress: Callable[[str], None] | None = None
+                 progress: Callable[[str], None] | None = None,
+                 levels: dict[int, float] | None = None, median: float = float("nan")
                  ) -> tuple[list[tuple[list[int], list[int], float]], dict, dict]:
-    """Merge the pair with the highest ratio while it reaches ``threshold`` (module
-    docstring); ``nodes``, ``scores`` and ``comparable`` are updated in place. Returns (the
-    merges, the nodes, the scores) at the stop."""
+    """Merge the pair with the highest score while it reaches ``threshold`` (module
+    docstring); ``nodes``, ``scores``, ``comparable`` and ``levels`` are updated in place.
+    The score is the pair ratio, or with ``levels`` its :func:`normalised_score` against the
+    lower of the pair's levels (a merged structure keeps the lower of its two). Returns
+    (the merges with their scores, the nodes, the scores) at the stop."""
+    def score(pair: tuple[int, int], ratio: float) -> float:
+        if levels is None:
+            return ratio
+        return normalised_score(ratio, min(levels[pair[0]], levels[pair[1]]), median)
+
     merges = []
     next_id = max(set(nodes) | comparable, default=-1) + 1  # ids never reused
     while scores and np.isfinite(threshold):
-        (i, j), (ratio, alignment) = max(scores.items(), key=lambda item: item[1][0])
-        if ratio < threshold:
+        (i, j), (ratio, alignment) = max(scores.items(),
+                                         key=lambda item: score(item[0], item[1][0]))
+        best = score((i, j), ratio)
+        if best < threshold:
             break
         merged = merge_pair(nodes[i], nodes[j], alignment)
-        merges.append((nodes[i].subsets, nodes[j].subsets, ratio))
+        merges.append((nodes[i].subsets, nodes[j].subsets, best))
         del nodes[i], nodes[j]
+        if levels is not None:
+            levels[next_id] = min(levels.pop(i), levels.pop(j))
         scores = {p: r for p, r in scores.items() if i not in p and j not in p}
         others = sorted(k for k in nodes if k in comparable)
         if merged.resolved_shell >= MIN_RESOLVED_SHELLS:
@@ -384,7 +484,8 @@ def _agglomerate(nodes: dict[int, SubsetAverage],
         nodes[next_id] = merged
         next_id += 1
         if progress:
-            progress(f"merged subsets {merges[-1][0]} + {merges[-1][1]} (ratio {ratio:.3f}); "
+            progress(f"merged subsets {merges[-1][0]} + {merges[-1][1]} "
+                     f"({'score' if levels is not None else 'ratio'} {best:.3f}); "
                      f"{len(nodes)} structures")
     return merges, nodes, scores
 

@@ -22,7 +22,8 @@ Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its data
   ``census.json`` (calibration and merges);
 - ``structures_by_threshold.tsv`` and ``.png``: how many structures each merge threshold
   would give (the merges followed on past the threshold, on copies, down to the median pair
-  ratio): how sure the count is.
+  ratio): how sure the count is. With ``per_subset`` calibration the thresholds are
+  normalised scores (0 = the median pair ratio, 1 = the pair's own level; merged at 0.5).
 
 References are MRC maps at the data's voxel size, or ``training``: the class averages stored
 in the model file (:mod:`tomosift.classify.class_averages`; the model is ``model_path``, else
@@ -293,8 +294,9 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
         average, voxel = _subset_average(data, out, number, members, settings,
                                          clusters_tsv.stat().st_mtime, False)
         averages.append(average)
-    calibration_pairs = []
+    calibration_pairs, owners = [], []
     for number in _calibration_subsets(eligible, averages, settings):
+        owners.append(eligible.index(number))
         members = seeded_members(indices[subsets == number], settings.max_members,
                                  settings.seed, number)
         groups = np.array_split(np.random.default_rng([settings.seed, number, 2])
@@ -311,7 +313,8 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
         reference_set = resolve_references(list(references or []), voxel, box, folder,
                                            model_path)
     reference_maps = reference_set.maps
-    merged = merge_averages(averages, calibration_pairs, settings, progress=say)
+    merged = merge_averages(averages, calibration_pairs, settings, progress=say,
+                            owners=owners)
     # band-limited references (class averages): the structure's resolved shells are counted
     # up to their band limit only (tomosift.discovery.census.reference_score)
     nearest = nearest_references(merged.structures, reference_maps, settings,
@@ -348,12 +351,17 @@ def _calibration_subsets(eligible: list[int], averages: list[SubsetAverage],
     averages that disagree (each refinement follows its own part of the mixture), which says
     nothing about how two averages of one structure agree; and a mixture resolves less than
     one structure does. The largest subsets of a subdivision are often its mixtures
-    (docs/benchmarks.md, issue 20)."""
+    (docs/benchmarks.md, issue 20).
+
+    With ``per_subset`` calibration every subset with 2 x ``min_members`` is split (ranked
+    the same way: the first ``calibration_subsets`` set the common level)."""
     ranked = sorted(zip(eligible, averages, strict=True),
                     key=lambda item: (-item[1].resolved_shell, -item[1].particles, item[0]))
     for least in (2 * settings.min_members, 4):
         chosen = [n for n, a in ranked if a.particles >= least]
         if chosen:
+            if settings.calibration == "per_subset":
+                return chosen
             return chosen[: settings.calibration_subsets]
     return []
 
@@ -367,7 +375,7 @@ def summary_lines(frame, unresolved: list[int], merged: MergeResult) -> list[str
     lines = [f"{len(frame)} structures ({novel} novel, {blank} without resolved density) in "
              f"{averaged} subsets; "
              f"{len(unresolved)} subsets too small to average; merge threshold "
-             f"{threshold:.3f}"]
+             f"{threshold:.3f}" + (" (normalised score)" if merged.normalised else "")]
     if not np.isfinite(threshold):
         lines.append("warning: no subset average resolves 2 Fourier shells at half-set FSC "
                      "0.143: nothing could be compared, each subset is its own structure")
@@ -431,7 +439,12 @@ def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structur
                  "merges": [{"first": a, "second": b, "ratio": round(r, 4)}
                             for a, b, r in merged.merges],
                  "ratios_below_threshold": [round(r, 4) for r in merged.ratios_below],
-                 "followed_to": merged.followed_to}
+                 "followed_to": merged.followed_to,
+                 "scale": "normalised score" if merged.normalised else "same-structure ratio"}
+    if merged.levels:
+        made_from["subset_levels"] = {str(number): round(level, 4)
+                                      for number, level in zip(order, merged.levels,
+                                                               strict=True)}
     if references is not None and references.models:
         made_from["class_average_references"] = {"models": references.models,
                                                  "band_limits": references.band_limits}
@@ -479,8 +492,9 @@ def _plot_similarity(path: Path, merged: MergeResult, structure_of: dict, order:
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
         ax.set_yticks(range(len(labels)), labels, fontsize=6)
     figure.colorbar(image, ax=ax, label="same-structure ratio")
-    ax.set_title(f"subset pairs, grouped by structure (same at >= {merged.threshold:.2f})",
-                 fontsize=9)
+    rule = ("each pair's own level" if merged.normalised
+            else f">= {merged.threshold:.2f}")
+    ax.set_title(f"subset pairs, grouped by structure (same at {rule})", fontsize=9)
     save_figure(figure, path)
 
 
@@ -503,10 +517,11 @@ def _plot_by_threshold(path: Path, merged: MergeResult) -> None:
     ax.step(thresholds, counts, where="post", color="black")
     if np.isfinite(merged.threshold):
         ax.axvline(merged.threshold, color="tab:red", label=f"threshold {merged.threshold:.2f}")
-    if merged.calibration_ratios.size:
+    if merged.calibration_ratios.size and not merged.normalised:
         ax.plot(merged.calibration_ratios, np.full(merged.calibration_ratios.size, 0.0), "|",
                 color="tab:blue", markersize=12, label="calibration pairs (one structure)")
-    ax.set_xlabel("merge threshold (same-structure ratio)")
+    ax.set_xlabel("merge threshold (normalised score: 0 = median pair, 1 = the pair's own "
+                  "level)" if merged.normalised else "merge threshold (same-structure ratio)")
     ax.set_ylabel("structures")
     ax.set_ylim(bottom=0)
     ax.invert_xaxis()
