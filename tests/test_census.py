@@ -129,8 +129,9 @@ def test_per_subset_calibration_merges_the_same_structures(four_subsets, census_
     assert merged.normalised and merged.threshold == 0.5
     assert sorted(s.subsets for s in merged.structures) == [[1, 2], [3, 4]]
     np.testing.assert_allclose(merged.calibration_ratios, census_of_four.calibration_ratios)
-    assert merged.levels[0] == pytest.approx(merged.calibration_ratios[0])
-    assert merged.levels[2] == pytest.approx(merged.calibration_ratios[1])
+    for owner, ratio in zip([0, 2], merged.calibration_ratios, strict=True):
+        assert merged.levels[owner] == pytest.approx(max(ratio, merged.same_level))
+    assert max(merged.levels[0], merged.levels[2]) > merged.same_level  # one has its own
     assert merged.levels[1] == merged.levels[3] == pytest.approx(merged.same_level)
     assert all(score >= 0.5 for _, _, score in merged.merges)
     assert merged.followed_to == 0.0 and merged.structures_at(0.5) == 2
@@ -173,12 +174,12 @@ def test_settings_are_checked():
 
 
 def test_a_pair_is_held_to_the_lower_of_its_subsets_own_levels():
-    """Own levels where a subset's split agrees better than the median pair, the common
-    level elsewhere; the normalised score is 0 at the median pair ratio and 1 at the pair's
-    level, so the midway rule (0.5) is the best_resolved rule when every level is common."""
-    levels = pair_levels(np.array([0.95, np.nan, 0.30, 0.70]), same_level=0.85,
-                         median_ratio=0.35)
-    np.testing.assert_allclose(levels, [0.95, 0.85, 0.85, 0.70])
+    """Own levels where a subset's split agrees at least as well as the common level, the
+    common level elsewhere (no split, or a failed one); the normalised score is 0 at the
+    median pair ratio and 1 at the pair's level, so the midway rule (0.5) is the
+    best_resolved rule when every level is common."""
+    levels = pair_levels(np.array([0.95, np.nan, 0.30, 0.70, 0.85]), same_level=0.85)
+    np.testing.assert_allclose(levels, [0.95, 0.85, 0.85, 0.85, 0.85])
     assert normalised_score(0.35, 0.70, 0.35) == pytest.approx(0.0)
     assert normalised_score(0.70, 0.70, 0.35) == pytest.approx(1.0)
     # the ratio that scores 0.5 against the common level is the best_resolved midpoint

@@ -30,8 +30,8 @@ averages reproduce less well than a large one's and one common level judges them
 large ones (docs/benchmarks.md, issue 20). The merge score is normalised,
 ``(ratio - median) / (level - median)``: 0 at the median pair ratio, 1 at the pair's level,
 merged at 0.5 (with every level the common one this is the midway rule). A subset whose split
-agrees no better than the median pair, or that has too few members to split, takes the
-common level; a merged structure keeps the lower level of its two.
+agrees less than the common level (a failed refinement), or that has too few members to
+split, takes the common level; a merged structure keeps the lower level of its two.
 
 **Merging** is agglomerative: the pair with the highest ratio above the threshold merges
 (the second's half-maps turned onto the first and summed with particle-count weights, so the
@@ -351,13 +351,15 @@ def _level(ratios: np.ndarray, settings: CensusSettings) -> tuple[float, np.ndar
     return float(np.quantile(usable, settings.calibration_quantile)), usable
 
 
-def pair_levels(own_ratios: np.ndarray, same_level: float, median_ratio: float
-                ) -> np.ndarray:
+def pair_levels(own_ratios: np.ndarray, same_level: float) -> np.ndarray:
     """(A,) each average's own same-structure level: the ratio of its own split where it
-    has one above the median pair ratio, else the common ``same_level`` (a split that
-    agrees no better than two different structures, or none, says nothing of the subset)."""
+    has one at or above the common ``same_level``, else ``same_level``. A split below the
+    common level is taken for a failed refinement, as the calibration's own failures are:
+    trusted, a level near the median pair ratio makes every pair of that subset look the
+    same (normalised scores of 17 on fold 4, one structure of 74 subsets;
+    docs/benchmarks.md, issue 20)."""
     own = np.asarray(own_ratios, dtype=np.float64)
-    return np.where(np.isfinite(own) & (own > median_ratio), own, same_level)
+    return np.where(np.isfinite(own) & (own >= same_level), own, same_level)
 
 
 def normalised_score(ratio: float, level: float, median_ratio: float) -> float:
@@ -415,7 +417,7 @@ def merge_averages(averages: Sequence[SubsetAverage],
         own = np.full(n, np.nan)
         for owner, ratio in zip(owners, all_ratios, strict=True):
             own[owner] = ratio
-        level_of = pair_levels(own, same_level, median)
+        level_of = pair_levels(own, same_level)
         levels = {i: float(level_of[i]) for i in range(n)}
         usable = np.isfinite(same_level) and np.isfinite(median) and same_level > median
         threshold = NORMALISED_THRESHOLD if usable and pairs else float("nan")
