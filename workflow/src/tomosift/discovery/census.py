@@ -272,7 +272,7 @@ class MergeResult:
             ratio, or the threshold when that is lower; nan: nothing merged).
         levels: per input average, its own same-structure level (``per_subset``
             calibration: the ratio of its split, or ``same_level`` where it has none or one
-            no higher than the median pair ratio); empty otherwise.
+            below ``same_level``: :func:`pair_levels`); empty otherwise.
         normalised: True when ``threshold``, the merge scores and ``ratios_below`` are
             normalised scores (``per_subset``), False when they are same-structure ratios.
     """
