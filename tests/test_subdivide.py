@@ -424,7 +424,8 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
     assert made_from["scale"] == "normalised score" and made_from["threshold"] == 0.5
     sizes = clusters["cluster"].value_counts()
     split = {int(s) for s in sizes.index if sizes[s] >= 12}  # 2 x --min-members
-    assert split and len(made_from["settings"]) and len(made_from["subset_levels"]) == 4
+    assert made_from["settings"]["calibration"] == "per_subset"
+    assert split and len(made_from["subset_levels"]) == 4
     assert len(made_from["calibration_ratios"]) == len(split)
     per_subset = pd.read_csv(out / "census_per_subset/census.tsv", sep="\t")
     for row in per_subset.itertuples():
