@@ -336,15 +336,9 @@ def calibration_ratios(pairs: Sequence[tuple[SubsetAverage, SubsetAverage]],
     return np.array(_map(ratio, list(pairs), settings.workers), dtype=np.float64)
 
 
-def calibrate(pairs: Sequence[tuple[SubsetAverage, SubsetAverage]], settings: CensusSettings
-              ) -> tuple[float, np.ndarray]:
-    """(same-structure level, ratios): the ``calibration_quantile`` of the ratios of pairs
-    that are one structure by construction (nan when no pair resolves
-    :data:`MIN_RESOLVED_SHELLS` shells on both sides)."""
-    return _level(calibration_ratios(pairs, settings), settings)
-
-
 def _level(ratios: np.ndarray, settings: CensusSettings) -> tuple[float, np.ndarray]:
+    """(same-structure level, the finite ratios): the ``calibration_quantile`` of the
+    calibration ratios (nan when none is finite)."""
     usable = ratios[np.isfinite(ratios)]
     if usable.size == 0:  # nothing reproducible enough to compare: nothing merges
         return float("nan"), usable
