@@ -18,7 +18,7 @@ the maps of the classes the network was trained on as references, and prints:
         --loo-dir results/leave_one_out --source dsrf3d-bin2-embedding --fold 1 \\
         --data results/datasets/dose80_tilt60.h5 --densities results/densities \\
         --out-dir results/benchmarks/census_fold1 [--max-members 50 (0: all)] [--threads 2]
-        [--threshold R (a fixed merge threshold)] [--calibration per_subset]
+        [--threshold R (a fixed merge threshold)] [--calibration per_subset|pooled]
 
 ``--oracle-chunks N`` replaces the clusters by a perfect subdivision: each true class's test
 members split at random into N subsets. It asks what the census itself can do when every
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--threshold", type=float, default=None,
                         help="a fixed merge threshold (default: the calibrated one)")
-    parser.add_argument("--calibration", choices=("best_resolved", "per_subset"),
+    parser.add_argument("--calibration", choices=("best_resolved", "per_subset", "pooled"),
                         default="best_resolved",
                         help="one same-structure level, or each pair held to its subsets' own")
     parser.add_argument("--oracle-chunks", type=int, default=0,

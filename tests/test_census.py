@@ -138,6 +138,25 @@ def test_per_subset_calibration_merges_the_same_structures(four_subsets, census_
     assert merged.structures_at(max(s for _, _, s in merged.merges) + 0.01) == 4
 
 
+def test_pooled_calibration_merges_at_the_quantile_of_the_splits(four_subsets, census_of_four):
+    """Pooled: the threshold is the same-structure level itself (the 10% quantile of the
+    splits' ratios, no pull toward the median pair), on the ratio scale; a pair merges when
+    its ratio reaches it, and the two complexes never merge. Two splits (1.01 and 0.98 here)
+    put the quantile near their minimum, above the 0.94 of 1u6g's two subsets: the rule is
+    made for a census's many splits (docs/benchmarks.md, issue 20, sixth session)."""
+    averages, calibration = four_subsets
+    merged = merge_averages(averages, calibration,
+                            CensusSettings(workers=2, calibration="pooled"))
+    assert not merged.normalised and not merged.levels
+    assert merged.threshold == merged.same_level == pytest.approx(
+        np.quantile(census_of_four.calibration_ratios, 0.1))
+    assert merged.threshold > census_of_four.threshold
+    ratios = merged.pair_ratios
+    assert [sorted(s.subsets) for s in merged.structures if len(s.subsets) > 1] == [[3, 4]]
+    assert ratios[2, 3] >= merged.threshold > ratios[0, 1] > np.max(ratios[:2, 2:])
+    assert merged.structures_at(merged.threshold) == len(merged.structures) == 3
+
+
 def test_a_structure_without_its_reference_is_novel(census_of_four, maps):
     settings = CensusSettings(workers=2)
     structures = census_of_four.structures
@@ -171,6 +190,7 @@ def test_settings_are_checked():
         CensusSettings(calibration="largest")
     with pytest.raises(TomosiftError, match="per_subset"):
         CensusSettings(calibration="per_subset", threshold=0.8)
+    assert CensusSettings(calibration="pooled", threshold=0.8).threshold == 0.8
 
 
 def test_a_pair_is_held_to_the_lower_of_its_subsets_own_levels():

@@ -432,6 +432,16 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
         numbers = [int(s) for s in str(row.subsets).split(",")]
         classes = set(clusters.loc[clusters["cluster"].isin(numbers), "class"])
         assert NAMES[1] not in classes or classes == {NAMES[1]}
+    # pooled, in the same folder (its averages and splits reused): the threshold is the 10%
+    # quantile of the same splits' ratios, on the ratio scale
+    assert main([*argv[:4], str(out / "census_per_subset"), *argv[5:],
+                 "--calibration", "pooled"]) == 0
+    pooled = json.loads((out / "census_per_subset/census.json").read_text())
+    assert pooled["settings"]["calibration"] == "pooled"
+    assert pooled["scale"] == "same-structure ratio"
+    assert pooled["calibration_ratios"] == made_from["calibration_ratios"]
+    assert pooled["threshold"] == pytest.approx(
+        np.quantile(made_from["calibration_ratios"], 0.1), abs=1e-3)
 
 
 def test_census_bad_inputs_are_one_line_errors(dataset, model, tmp_path, capsys):

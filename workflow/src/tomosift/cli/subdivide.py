@@ -76,11 +76,13 @@ def _add_census_options(parser) -> None:
     parser.add_argument("--calibration-subsets", type=int, default=8,
                         help="the best-resolved subsets each split into two independent "
                              "averages to calibrate (default 8)")
-    parser.add_argument("--calibration", choices=("best_resolved", "per_subset"),
+    parser.add_argument("--calibration", choices=("best_resolved", "per_subset", "pooled"),
                         default="best_resolved",
                         help="best_resolved (default): one same-structure level for every "
                              "pair; per_subset: every subset is split too and each pair is "
-                             "held to the lower of its subsets' own levels")
+                             "held to the lower of its subsets' own levels; pooled: every "
+                             "subset is split too and subsets merge above the calibration "
+                             "quantile of all the splits' ratios")
     parser.add_argument("--threshold", type=float, default=None,
                         help="merge subsets whose same-structure ratio reaches this fixed "
                              "value instead of the calibrated threshold (about 1 = one "

@@ -33,6 +33,15 @@ merged at 0.5 (with every level the common one this is the midway rule). A subse
 agrees less than the common level (a failed refinement), or that has too few members to
 split, takes the common level; a merged structure keeps the lower level of its two.
 
+**Pooled calibration** (``calibration: pooled``): every subset is split the same way, and the
+threshold is the same-structure level itself, the ``calibration_quantile`` of all the splits'
+ratios: two subsets are one structure when they agree as well as all but that share of the
+independent averages of one subset do, with no different-structure end. Pooled over every
+subset, the splits span small and large complexes, pure subsets and mixtures, and the odd
+failed refinement, so the level is not set by a few large complexes. It is made for a
+census of many subsets: with a few splits the quantile sits near their minimum, and pairs
+of one structure just below it stay apart (docs/benchmarks.md, issue 20, sixth session).
+
 **Merging** is agglomerative: the pair with the highest ratio above the threshold merges
 (the second's half-maps turned onto the first and summed with particle-count weights, so the
 merged half-maps stay independent), the merged average is compared again with every other,
@@ -80,7 +89,7 @@ RESOLVED_FSC = 0.143
 #: A subset average must resolve at least this many shells to be compared.
 MIN_RESOLVED_SHELLS = 2
 #: How the same-structure level is calibrated (:class:`CensusSettings`).
-CALIBRATIONS = ("best_resolved", "per_subset")
+CALIBRATIONS = ("best_resolved", "per_subset", "pooled")
 #: The per-subset census merges a pair at this normalised score (midway between the median
 #: pair ratio, 0, and the pair's own same-structure level, 1).
 NORMALISED_THRESHOLD = 0.5
@@ -103,8 +112,10 @@ class CensusSettings:
             enough members is split too, and a pair is held to the lower of its two
             subsets' own levels (:func:`pair_levels`); merge scores are then normalised
             (0 = the median pair ratio, 1 = the pair's own level, merged at 0.5).
+            ``pooled``: every subset with enough members is split too, and the merge
+            threshold is the ``calibration_quantile`` of all the splits' ratios.
         threshold: a fixed merge threshold on the same-structure ratio in place of the
-            calibrated one (None: the calibrated midpoint). The calibration is still measured
+            calibrated one (None: the calibrated one). The calibration is still measured
             and reported beside it.
         reference_resolution_factor: a reference explains a structure when their FSC stays
             >= 0.5 up to at least 1 / this of the shells the structure resolves.
@@ -141,9 +152,10 @@ class CensusSettings:
         if self.calibration not in CALIBRATIONS:
             raise TomosiftError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got "
                                 f"{self.calibration!r}")
-        if self.threshold is not None and self.calibration != "best_resolved":
+        if self.threshold is not None and self.calibration == "per_subset":
             raise TomosiftError("a fixed threshold is a same-structure ratio for every pair: "
-                                "use it with calibration best_resolved, not per_subset")
+                                "use it with calibration best_resolved or pooled, not "
+                                "per_subset")
         if self.threshold is not None and not 0.0 < self.threshold < 2.0:
             raise TomosiftError(f"threshold must be in (0, 2) (a same-structure ratio; about 1 "
                                 f"for one structure), got {self.threshold}")
@@ -259,8 +271,8 @@ class MergeResult:
     Attributes:
         structures: the merged averages, largest first.
         threshold: the merge threshold (midway between the calibrated same-structure level
-            and the median pair ratio, or the settings' fixed one; nan: nothing could be
-            compared).
+            and the median pair ratio; with ``pooled`` calibration the level itself; or the
+            settings' fixed one; nan: nothing could be compared).
         same_level: the calibrated same-structure level.
         calibration_ratios: the ratios of the calibration pairs.
         pair_ratios: (A, A) the ratio of every pair of input averages (nan on the diagonal).
@@ -420,6 +432,10 @@ def merge_averages(averages: Sequence[SubsetAverage],
                 f"subsets with their own)")
     elif settings.threshold is not None and pairs:
         threshold, rule = settings.threshold, "fixed"
+    elif settings.calibration == "pooled":
+        threshold = same_level if pairs else float("nan")
+        rule = (f"the same-structure level: {settings.calibration_quantile:g} quantile of "
+                f"every subset's split")
     else:
         threshold = merge_threshold(same_level, pair_ratios[np.triu_indices(n, 1)])
         rule = "midway to the median pair ratio"

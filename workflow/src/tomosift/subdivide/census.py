@@ -353,14 +353,15 @@ def _calibration_subsets(eligible: list[int], averages: list[SubsetAverage],
     one structure does. The largest subsets of a subdivision are often its mixtures
     (docs/benchmarks.md, issue 20).
 
-    With ``per_subset`` calibration every subset with 2 x ``min_members`` is split (ranked
-    the same way: the first ``calibration_subsets`` set the common level)."""
+    With ``per_subset`` or ``pooled`` calibration every subset with 2 x ``min_members`` is
+    split (ranked the same way: with ``per_subset`` the first ``calibration_subsets`` set the
+    common level)."""
     ranked = sorted(zip(eligible, averages, strict=True),
                     key=lambda item: (-item[1].resolved_shell, -item[1].particles, item[0]))
     for least in (2 * settings.min_members, 4):
         chosen = [n for n, a in ranked if a.particles >= least]
         if chosen:
-            if settings.calibration == "per_subset":
+            if settings.calibration in ("per_subset", "pooled"):
                 return chosen
             return chosen[: settings.calibration_subsets]
     return []
