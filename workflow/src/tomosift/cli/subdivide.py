@@ -72,7 +72,8 @@ def _add_census_options(parser) -> None:
     parser.add_argument("--calibration-quantile", type=float, default=0.1,
                         help="same-structure level: this quantile of the ratios of the "
                              "calibration pairs (default 0.1); subsets merge above the midpoint "
-                             "between it and the median ratio of all pairs")
+                             "between it and the median ratio of all pairs (with --calibration "
+                             "pooled: above the level itself)")
     parser.add_argument("--calibration-subsets", type=int, default=8,
                         help="the best-resolved subsets each split into two independent "
                              "averages to calibrate (default 8)")
