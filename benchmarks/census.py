@@ -1,10 +1,11 @@
 """Structure census against the truth: does it count the structures, find the held-out ones
 and call them novel?
 
-Takes the k-means clusters of a leave-one-out run (``results/leave_one_out/clusters/<source>/
-fold_<f>.tsv``: the test particles of the dataset, clustered on the features of the network
-trained without fold f), writes them as a subdivision folder, runs ``tomosift census`` with
-the maps of the classes the network was trained on as references, and prints:
+Takes the k-means clusters of a leave-one-out run
+(``results/leave_one_out/<dataset>/clusters/<source>/fold_<f>.tsv``: the test particles of
+the dataset, clustered on the features of the network trained without fold f), writes them as
+a subdivision folder, runs ``tomosift census`` with the maps of the classes the network was
+trained on as references, and prints:
 
 - structures found against the classes present (the empty class counts as one);
 - adjusted Rand index of the census partition (members of unresolved subsets as their own
@@ -15,7 +16,7 @@ the maps of the classes the network was trained on as references, and prints:
 - each structure's majority class, purity, resolution and reference score.
 
     TOMOSIFT_STRUCTURE_DIRS=../shared/structures:../shared/maps python benchmarks/census.py \\
-        --loo-dir results/leave_one_out --source dsrf3d-bin2-embedding --fold 1 \\
+        --loo-dir results/leave_one_out/dose80_tilt60 --source dsrf3d-bin2-embedding --fold 1 \\
         --data results/datasets/dose80_tilt60.h5 --densities results/densities \\
         --out-dir results/benchmarks/census_fold1 [--max-members 50 (0: all)] [--threads 2]
         [--threshold R (a fixed merge threshold)] [--calibration per_subset|pooled]
@@ -90,7 +91,7 @@ def ratio_separation(similarity_tsv: Path, clusters: pd.DataFrame) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out"))
+    parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out/dose80_tilt60"))
     parser.add_argument("--source", default="dsrf3d-bin2-embedding")
     parser.add_argument("--fold", type=int, default=1)
     parser.add_argument("--data", type=Path, required=True)

@@ -8,7 +8,8 @@ the same-structure ratio (:func:`tomosift.discovery.census.pair_ratio`) of two i
 reference-free averages of ``n`` disjoint members each, for several ``n``, and the ratio
 between two classes' averages at the largest ``n`` as the different-structure side:
 
-    python benchmarks/census_calibration.py --clusters results/leave_one_out/clusters/rif.tsv \\
+    python benchmarks/census_calibration.py \\
+        --clusters results/leave_one_out/dose80_tilt60/clusters/rif.tsv \\
         --data results/datasets/dose80_tilt60.h5 --classes 1s3x 3hhb 1bxn 4v94 \\
         --counts 25 50 100 [--threads 2] [--seed 1]
 

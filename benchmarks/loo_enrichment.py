@@ -2,7 +2,8 @@
 the cluster is where each left-out class is most enriched, and where the novelty ranking puts
 it. No classification or averaging: it needs only a workflow run's features and clusters.
 
-Reads a leave-one-out folder of the workflow (``results/leave_one_out``): ``folds.tsv``, the
+Reads a leave-one-out folder of the workflow (``results/leave_one_out/<dataset>``):
+``folds.tsv``, the
 feature and cluster files of each CNN source per fold (``features/<source>/fold_<f>.h5``,
 ``clusters/<source>/fold_<f>.tsv``) and of the training-free sources (``features/rif.h5``,
 ``clusters/rif.tsv``). Prints, per class and source: fold, the oracle cluster's size, the
@@ -11,7 +12,7 @@ per source: the median purity, classes with purity >= 0.5, the oracle cluster ra
 top 3, the adjusted Rand index of the fold's clustering against the truth, and the
 cluster-size CV. Writes ``enrichment.tsv`` and ``enrichment_counts.tsv`` beside.
 
-    python benchmarks/loo_enrichment.py --loo-dir results/leave_one_out
+    python benchmarks/loo_enrichment.py --loo-dir results/leave_one_out/dose80_tilt60
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def sources_of(loo_dir: Path) -> dict[str, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out"))
+    parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out/dose80_tilt60"))
     parser.add_argument("--top", type=int, default=3, help="novelty ranks counted as found")
     args = parser.parse_args()
     folds = read_folds(args.loo_dir / "folds.tsv")

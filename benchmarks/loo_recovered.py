@@ -22,7 +22,8 @@ maximum, plus 2 voxels, 3-voxel edge) instead of the whole box. The protocol's F
 paper's, unmasked) compares the box's lowest shells too (37 and 18 nm at 40³ x 0.92 nm), where
 a small complex's truth holds little power and the average holds neighbours' density.
 
-    python benchmarks/loo_recovered.py --loo-dir results/leave_one_out --out-dir /tmp/loo
+    python benchmarks/loo_recovered.py --loo-dir results/leave_one_out/dose80_tilt60 \\
+        --out-dir /tmp/loo
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def novel_clusters(loo_dir: Path) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out"))
+    parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out/dose80_tilt60"))
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--masked", action="store_true",
                         help="also score the oracle averages inside a mask around the particle")

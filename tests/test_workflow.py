@@ -51,7 +51,7 @@ leave_one_out:
 TAGS = ("snr0.5_tilt60", "snr0.05_tilt60")
 # Timings make metrics and model files differ from run to run; everything else is compared
 # byte for byte.
-TIMED = ("logs", "benchmarks", "classification", "table1", "leave_one_out/models")
+TIMED = ("logs", "benchmarks", "classification", "table1", "leave_one_out/snr0.5_tilt60/models")
 
 
 def snakemake(workdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -108,7 +108,7 @@ def test_outputs_of_a_run(finished_run):
 
 
 def test_leave_one_out_outputs(finished_run):
-    results = finished_run / "results/leave_one_out"
+    results = finished_run / "results/leave_one_out/snr0.5_tilt60"
     summary = pd.read_csv(results / "summary.tsv", sep="\t")
     assert list(summary.columns[:14]) == ["class", "fold", "features", "model", "cluster_size",
                                           "fraction_in_cluster", "fraction_in_class",
@@ -275,6 +275,17 @@ def test_folds_plan_k_trainings_per_cnn_method(tmp_path):
     # (method, layer) of fold 1 before the checkpoint tells the other classes' folds
     assert planned["loo_train"] == 8 and planned["loo_folds"] == 1
     assert planned["loo_recover"] == 6 * 5  # 6 classes x (2 methods x 2 layers + rif)
+    # the experiment's folder is named by its dataset: one at another grid point in the same
+    # results/ never overwrites this one's models
+    other = FOLDS.replace("snr: [0.5]", "snr: [0.5, 0.05]").replace("noise_level: 0.5",
+                                                                      "noise_level: 0.05")
+    models = {}
+    for tag, text in (("snr0.5_tilt60", FOLDS), ("snr0.05_tilt60", other)):
+        (tmp_path / "config.yaml").write_text(text)
+        models[tag] = {line.split()[-1] for line in snakemake(tmp_path, "-n").stdout.splitlines()
+                       if "/models/dsrf3d-bin2/fold_" in line and "output:" in line}
+        assert models[tag] == {f"results/leave_one_out/{tag}/models/dsrf3d-bin2/fold_{f}.pt"
+                               for f in range(1, 5)}
     paper = tmp_path / "config.yaml"
     paper.write_text(FOLDS.replace("folds: 4", "folds: null"))
     assert planned_jobs(snakemake(tmp_path, "-n", "loo_summary"))["loo_train"] == 12

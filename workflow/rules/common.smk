@@ -183,7 +183,12 @@ def metric_files(wildcards=None):
 # -- discovery (leave-one-out) --------------------------------------------------------------
 
 LOO = config["leave_one_out"]
-LOO_DIR = "results/leave_one_out"
+# The dataset the experiment runs on names its folder, so that two experiments (say the paper's
+# imaging and the realistic preset) share one results/ without overwriting each other's models.
+LOO_TAG = grid_point_tag(SIM["noise_model"], LOO["noise_level"], LOO["tilt_max_deg"])
+LOO_DIR = f"results/leave_one_out/{LOO_TAG}"
+LOO_LOGS = f"{LOGS}/leave_one_out/{LOO_TAG}"
+LOO_BENCHMARKS = f"results/benchmarks/leave_one_out/{LOO_TAG}"
 LOO_CLASSES = LOO["classes"] or NAMES
 # CNN feature sources -> the layer they read; one network per fold serves them all.
 LOO_LAYER_OF = {"cnn": LOO["layer"], "logits": "logits", "hidden": "hidden",
@@ -210,7 +215,7 @@ LOO_FOLDS = LOO["folds"] or len(LOO_CLASSES)
 
 
 def _check_leave_one_out():
-    tag = grid_point_tag(SIM["noise_model"], LOO["noise_level"], LOO["tilt_max_deg"])
+    tag = LOO_TAG
     if tag not in DATASETS:
         raise WorkflowError(
             f"{CONFIG_SOURCE}: leave_one_out noise_level {LOO['noise_level']:g} / tilt "

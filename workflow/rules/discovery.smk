@@ -22,7 +22,7 @@ checkpoint loo_folds:
     output:
         f"{LOO_DIR}/folds.tsv",
     log:
-        f"{LOGS}/leave_one_out/folds.log",
+        f"{LOO_LOGS}/folds.log",
     params:
         classes=LOO_CLASSES,
         folds=LOO["folds"],
@@ -39,11 +39,11 @@ rule loo_train:
     output:
         f"{LOO_DIR}/models/{{method}}/fold_{{fold}}.pt",
     log:
-        f"{LOGS}/leave_one_out/train/{{method}}/fold_{{fold}}.log",
+        f"{LOO_LOGS}/train/{{method}}/fold_{{fold}}.log",
     params:
         settings=loo_train_params,
         seed=config["seed"],
-        checkpoint=f"results/checkpoints/leave_one_out/{{method}}/fold_{{fold}}.ckpt",
+        checkpoint=f"results/checkpoints/leave_one_out/{LOO_TAG}/{{method}}/fold_{{fold}}.ckpt",
     threads: CLASSIFY["threads"]
     resources:
         gpu=loo_gpus,
@@ -51,7 +51,7 @@ rule loo_train:
         mem_mb=8000,
         runtime=loo_training_runtime_min,
     benchmark:
-        f"results/benchmarks/leave_one_out/train/{{method}}/fold_{{fold}}.tsv"
+        f"{LOO_BENCHMARKS}/train/{{method}}/fold_{{fold}}.tsv"
     conda:
         "../../envs/tomosift.yaml"
     script:
@@ -68,7 +68,7 @@ rule loo_cnn_features:
             for layer in LOO_LAYERS
         ],
     log:
-        f"{LOGS}/leave_one_out/features/{{method}}/fold_{{fold}}.log",
+        f"{LOO_LOGS}/features/{{method}}/fold_{{fold}}.log",
     wildcard_constraints:
         method="|".join(re.escape(m) for m in LOO_MODELS) or "none",
     params:
@@ -92,7 +92,7 @@ rule loo_free_features:
     output:
         f"{LOO_DIR}/features/{{source}}.h5",
     log:
-        f"{LOGS}/leave_one_out/features/{{source}}.log",
+        f"{LOO_LOGS}/features/{{source}}.log",
     params:
         source="{source}",
         layer=LOO["layer"],
@@ -101,7 +101,7 @@ rule loo_free_features:
         mem_mb=4000,
         runtime=60,
     benchmark:
-        f"results/benchmarks/leave_one_out/features/{{source}}.tsv"
+        f"{LOO_BENCHMARKS}/features/{{source}}.tsv"
     conda:
         "../../envs/tomosift.yaml"
     script:
@@ -114,7 +114,7 @@ rule loo_cnn_clusters:
     output:
         f"{LOO_DIR}/clusters/{{features}}/fold_{{fold}}.tsv",
     log:
-        f"{LOGS}/leave_one_out/clusters/{{features}}/fold_{{fold}}.log",
+        f"{LOO_LOGS}/clusters/{{features}}/fold_{{fold}}.log",
     params:
         k=LOO["k"],
         seed=config["seed"],
@@ -131,7 +131,7 @@ rule loo_free_clusters:
     output:
         f"{LOO_DIR}/clusters/{{source}}.tsv",
     log:
-        f"{LOGS}/leave_one_out/clusters/{{source}}.log",
+        f"{LOO_LOGS}/clusters/{{source}}.log",
     params:
         k=LOO["k"],
         seed=config["seed"],
@@ -151,7 +151,7 @@ rule loo_novel_cluster:
     output:
         f"{LOO_DIR}/novel/{{features}}/fold_{{fold}}/rank_{{rank}}/novel.json",
     log:
-        f"{LOGS}/leave_one_out/novel/{{features}}/fold_{{fold}}/rank_{{rank}}.log",
+        f"{LOO_LOGS}/novel/{{features}}/fold_{{fold}}/rank_{{rank}}.log",
     wildcard_constraints:
         rank=r"[1-9][0-9]*",
     params:
@@ -162,7 +162,7 @@ rule loo_novel_cluster:
         mem_mb=4000,
         runtime=120,
     benchmark:
-        f"results/benchmarks/leave_one_out/novel/{{features}}/fold_{{fold}}/rank_{{rank}}.tsv"
+        f"{LOO_BENCHMARKS}/novel/{{features}}/fold_{{fold}}/rank_{{rank}}.tsv"
     conda:
         "../../envs/tomosift.yaml"
     script:
@@ -189,7 +189,7 @@ rule loo_recover:
             labels={"features": "{features}", "left out": "{name}"},
         ),
     log:
-        f"{LOGS}/leave_one_out/recover/{{features}}/{{name}}.log",
+        f"{LOO_LOGS}/recover/{{features}}/{{name}}.log",
     params:
         settings=loo_recovery_params,
         out_dir=f"{LOO_DIR}/recovered/{{features}}/{{name}}",
@@ -199,7 +199,7 @@ rule loo_recover:
         mem_mb=4000,
         runtime=120,
     benchmark:
-        f"results/benchmarks/leave_one_out/recover/{{features}}/{{name}}.tsv"
+        f"{LOO_BENCHMARKS}/recover/{{features}}/{{name}}.tsv"
     conda:
         "../../envs/tomosift.yaml"
     script:
@@ -250,7 +250,7 @@ rule loo_summary:
             labels={"view": "Fig. 2: t-SNE"},
         ),
     log:
-        f"{LOGS}/leave_one_out/summary.log",
+        f"{LOO_LOGS}/summary.log",
     params:
         feature_names=LOO_FEATURES,
         criterion=LOO["criterion"],
