@@ -3,16 +3,17 @@ the cluster is where each left-out class is most enriched, and where the novelty
 it. No classification or averaging: it needs only a workflow run's features and clusters.
 
 Reads a leave-one-out folder of the workflow (``results/leave_one_out/<dataset>``):
-``folds.tsv``, the
-feature and cluster files of each CNN source per fold (``features/<source>/fold_<f>.h5``,
-``clusters/<source>/fold_<f>.tsv``) and of the training-free sources (``features/rif.h5``,
-``clusters/rif.tsv``). Prints, per class and source: fold, the oracle cluster's size, the
-fraction of it that is the class (purity) and of the class it holds, and its novelty rank;
-per source: the median purity, classes with purity >= 0.5, the oracle cluster ranked in the
-top 3, the adjusted Rand index of the fold's clustering against the truth, and the
-cluster-size CV. Writes ``enrichment.tsv`` and ``enrichment_counts.tsv`` beside.
+``folds.tsv``, the feature and cluster files of each CNN source per fold
+(``features/<source>/fold_<f>.h5``, ``clusters/<source>/fold_<f>.tsv``) and of the
+training-free sources (``features/rif.h5``, ``clusters/rif.tsv``). Prints, per class and
+source: fold, the oracle cluster's size, the fraction of it that is the class (purity) and of
+the class it holds, and its novelty rank; per source: the median purity, classes with purity
+>= 0.5, the oracle cluster ranked in the top 3, the adjusted Rand index of the fold's
+clustering against the truth, and the cluster-size CV. Writes ``enrichment.tsv`` and
+``enrichment_counts.tsv`` beside (``enrichment_folds1-4.tsv``, ... with ``--folds``).
 
-    python benchmarks/loo_enrichment.py --loo-dir results/leave_one_out/dose80_tilt60
+    python benchmarks/loo_enrichment.py --loo-dir results/leave_one_out/dose80_tilt60 \\
+        [--folds 1 4]
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--loo-dir", type=Path, default=Path("results/leave_one_out/dose80_tilt60"))
     parser.add_argument("--top", type=int, default=3, help="novelty ranks counted as found")
+    parser.add_argument("--folds", type=int, nargs="+",
+                        help="only these folds (a run whose other folds are not trained yet)")
     args = parser.parse_args()
     folds = read_folds(args.loo_dir / "folds.tsv")
+    if args.folds:
+        folds = folds[folds["fold"].isin(args.folds)]
     rows, counts = [], []
     for source, per_fold in sources_of(args.loo_dir).items():
         aris, cvs = [], []
@@ -94,8 +99,10 @@ def main() -> None:
         })
     per_class = pd.DataFrame(rows).sort_values(["mass_kda", "features"])
     summary = pd.DataFrame(counts)
-    per_class.to_csv(args.loo_dir / "enrichment.tsv", sep="\t", index=False, float_format="%.4g")
-    summary.to_csv(args.loo_dir / "enrichment_counts.tsv", sep="\t", index=False,
+    suffix = "_folds" + "-".join(map(str, args.folds)) if args.folds else ""
+    per_class.to_csv(args.loo_dir / f"enrichment{suffix}.tsv", sep="\t", index=False,
+                     float_format="%.4g")
+    summary.to_csv(args.loo_dir / f"enrichment_counts{suffix}.tsv", sep="\t", index=False,
                    float_format="%.4g")
     pivot = per_class.pivot_table(index=["class", "fold", "mass_kda"], columns="features",
                                   values=["fraction_in_cluster", "novelty_rank"])
