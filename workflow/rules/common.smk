@@ -215,8 +215,7 @@ LOO_FOLDS = LOO["folds"] or len(LOO_CLASSES)
 
 
 def _check_leave_one_out():
-    tag = LOO_TAG
-    if tag not in DATASETS:
+    if LOO_TAG not in DATASETS:
         raise WorkflowError(
             f"{CONFIG_SOURCE}: leave_one_out noise_level {LOO['noise_level']:g} / tilt "
             f"{LOO['tilt_max_deg']:g} is not a grid point of simulation ({', '.join(DATASETS)})"
@@ -237,7 +236,7 @@ def _check_leave_one_out():
             method_settings(CLASSIFY, model)
     except TomosiftError as error:
         raise WorkflowError(f"{CONFIG_SOURCE}: leave_one_out models: {error}") from None
-    return tag
+    return LOO_TAG
 
 
 LOO_DATASET = _check_leave_one_out() if LOO["enabled"] else None
