@@ -19,7 +19,7 @@ trained on as references, and prints:
         --loo-dir results/leave_one_out/dose80_tilt60 --source dsrf3d-bin2-embedding --fold 1 \\
         --data results/datasets/dose80_tilt60.h5 --densities results/densities \\
         --out-dir results/benchmarks/census_fold1 [--max-members 50 (0: all)] [--threads 2]
-        [--threshold R (a fixed merge threshold)] [--calibration per_subset|pooled]
+        [--threshold auto|calibrated|R] [--calibration per_subset|pooled]
 
 ``--oracle-chunks N`` replaces the clusters by a perfect subdivision: each true class's test
 members split at random into N subsets. It asks what the census itself can do when every
@@ -38,6 +38,7 @@ import pandas as pd
 from machine import machine_line
 from sklearn.metrics import adjusted_rand_score
 
+from tomosift.cli.subdivide import parse_threshold
 from tomosift.discovery.census import CensusSettings
 from tomosift.subdivide.census import census
 
@@ -100,8 +101,8 @@ def main() -> None:
     parser.add_argument("--max-members", type=int, default=50, help="0 = every member")
     parser.add_argument("--min-members", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="a fixed merge threshold (default: the calibrated one)")
+    parser.add_argument("--threshold", type=parse_threshold, default="auto",
+                        help="auto (default), calibrated, or a fixed merge threshold")
     parser.add_argument("--calibration", choices=("best_resolved", "per_subset", "pooled"),
                         default="best_resolved",
                         help="one same-structure level, or each pair held to its subsets' own")
@@ -136,7 +137,8 @@ def main() -> None:
           + (f"; oracle subsets: each class in {args.oracle_chunks}" if args.oracle_chunks
              else ""))
     print(f"structures found: {len(table)} (classes present: {present}); unresolved subsets: "
-          f"{len(result.unresolved)}; threshold {result.merged.threshold:.3f}; ARI "
+          f"{len(result.unresolved)}; threshold {result.merged.threshold:.3f} "
+          f"({result.merged.rule}; calibrated {result.merged.calibrated_threshold:.3f}); ARI "
           f"{ari:.3f}; census {seconds / 60:.1f} min")
     rows = []
     for row in table.itertuples():

@@ -3,12 +3,15 @@ subset averages, merging and known/novel, on particles with a known answer at SN
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from test_classify3d import _particles
 
 from tomosift.density import DensitySettings, make_density
 from tomosift.discovery.census import (
+    FIXED_THRESHOLD,
     CensusSettings,
     SubsetAverage,
     agreement_ratio,
@@ -93,6 +96,27 @@ def test_a_fixed_threshold_replaces_the_calibrated_one(four_subsets, census_of_f
     together = merge_averages(*four_subsets, CensusSettings(workers=2, threshold=0.001))
     assert len(together.structures) == 1 and together.structures[0].particles == 4 * PER_SUBSET
     assert together.same_level == pytest.approx(census_of_four.same_level)
+
+
+def test_the_default_threshold_is_fixed_where_averages_hold_enough_members(four_subsets,
+                                                                          census_of_four):
+    """auto (the default): these 20-member averages are below the 25 members the fixed 0.85
+    was validated on, so the calibrated threshold applies; the same averages counted as
+    30-member ones merge at 0.85 (both complexes' pairs reach it, 0.94-1.0 here; no pair of
+    different complexes does), with the calibrated threshold measured beside it."""
+    assert census_of_four.rule.startswith("calibrated: midway")
+    assert "median of 20 members" in census_of_four.rule
+    assert census_of_four.threshold == census_of_four.calibrated_threshold < FIXED_THRESHOLD
+    averages, calibration = four_subsets
+    larger = [dataclasses.replace(average, particles=30) for average in averages]
+    fixed = merge_averages(larger, calibration, CensusSettings(workers=2))
+    assert fixed.threshold == FIXED_THRESHOLD and fixed.rule.startswith("auto: fixed")
+    assert fixed.calibrated_threshold == pytest.approx(census_of_four.threshold)
+    assert sorted(s.subsets for s in fixed.structures) == [[1, 2], [3, 4]]
+    calibrated = merge_averages(larger, calibration,
+                                CensusSettings(workers=2, threshold="calibrated"))
+    assert calibrated.threshold == pytest.approx(census_of_four.threshold)
+    assert calibrated.rule == "calibrated: midway to the median pair ratio"
 
 
 def test_the_count_by_threshold_predicts_what_another_threshold_gives(four_subsets,
@@ -186,6 +210,9 @@ def test_settings_are_checked():
         CensusSettings(calibration_quantile=1.5)
     with pytest.raises(TomosiftError, match="threshold must be in"):
         CensusSettings(threshold=0.0)
+    with pytest.raises(TomosiftError, match="a number, auto or calibrated"):
+        CensusSettings(threshold="sometimes")
+    assert CensusSettings(calibration="per_subset").threshold == "auto"
     with pytest.raises(TomosiftError, match="calibration must be one of"):
         CensusSettings(calibration="largest")
     with pytest.raises(TomosiftError, match="per_subset"):

@@ -390,6 +390,8 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
     assert (f"{len(table)} structures (1 novel, 0 without resolved density) in 4 subsets"
             in printed), printed[-600:]
     assert table["resolved"].all()
+    # 10-20 members per average: below the 25 the fixed default was validated on
+    assert "threshold rule: calibrated: midway" in printed, printed[-600:]
     assert sorted(members["index"]) == list(range(N))
     assert "2,3" in set(table["subsets"].astype(str))  # 1bxn: one structure, alone
     for row in table.itertuples():

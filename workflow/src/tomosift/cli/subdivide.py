@@ -84,10 +84,26 @@ def _add_census_options(parser) -> None:
                              "held to the lower of its subsets' own levels; pooled: every "
                              "subset is split too and subsets merge above the calibration "
                              "quantile of all the splits' ratios")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="merge subsets whose same-structure ratio reaches this fixed "
-                             "value instead of the calibrated threshold (about 1 = one "
-                             "structure; similarity.tsv of an earlier census lists the ratios)")
+    parser.add_argument("--threshold", type=parse_threshold, default="auto",
+                        help="auto (default): merge at a same-structure ratio of 0.85 where "
+                             "the subset averages hold a median of >= 25 members, at the "
+                             "calibrated threshold below that; calibrated: always the "
+                             "calibrated threshold; or a number: that fixed ratio (about 1 = "
+                             "one structure; similarity.tsv of an earlier census lists the "
+                             "ratios)")
+
+
+def parse_threshold(text: str) -> float | str:
+    """--threshold: auto, calibrated or a number."""
+    import argparse
+
+    if text in ("auto", "calibrated"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, calibrated or a number, got "
+                                         f"{text!r}") from None
 
 
 def _census_settings(args):

@@ -42,6 +42,18 @@ failed refinement, so the level is not set by a few large complexes. It is made 
 census of many subsets: with a few splits the quantile sits near their minimum, and pairs
 of one structure just below it stay apart (docs/benchmarks.md, issue 20, sixth session).
 
+**The default threshold** (``threshold: auto``) is a fixed same-structure ratio,
+:data:`FIXED_THRESHOLD` (0.85), where the subset averages hold at least
+:data:`FIXED_THRESHOLD_MIN_MEMBERS` (25) members (the median of the averages compared), and
+the calibrated rule of ``calibration`` below that. 0.85 counted within ±2 of the truth on all
+seven 40³ benchmark censuses of both imaging settings (50-member averages; read off five,
+then checked on two nobody had looked at), where no calibrated rule did; the ratio's scale
+was measured stable from 25 to 100 members per average, and below that, on 10-member
+averages, two averages of one complex agree at only 0.68-0.84 (docs/benchmarks.md, issue 20,
+seventh and eighth sessions). The calibration is measured either way, and the threshold the
+calibrated rule would have set is reported beside the fixed one. ``per_subset`` calibration
+(a normalised scale) is always calibrated.
+
 **Merging** is agglomerative: the pair with the highest ratio above the threshold merges
 (the second's half-maps turned onto the first and summed with particle-count weights, so the
 merged half-maps stay independent), the merged average is compared again with every other,
@@ -88,6 +100,12 @@ from tomosift.errors import TomosiftError
 RESOLVED_FSC = 0.143
 #: A subset average must resolve at least this many shells to be compared.
 MIN_RESOLVED_SHELLS = 2
+#: The default merge threshold on the same-structure ratio (module docstring).
+FIXED_THRESHOLD = 0.85
+#: ... applied where the averages compared hold at least this many members (median).
+FIXED_THRESHOLD_MIN_MEMBERS = 25
+#: The threshold rules that are not a number (:class:`CensusSettings`).
+THRESHOLD_RULES = ("auto", "calibrated")
 #: How the same-structure level is calibrated (:class:`CensusSettings`).
 CALIBRATIONS = ("best_resolved", "per_subset", "pooled")
 #: The per-subset census merges a pair at this normalised score (midway between the median
@@ -114,9 +132,11 @@ class CensusSettings:
             (0 = the median pair ratio, 1 = the pair's own level, merged at 0.5).
             ``pooled``: every subset with enough members is split too, and the merge
             threshold is the ``calibration_quantile`` of all the splits' ratios.
-        threshold: a fixed merge threshold on the same-structure ratio in place of the
-            calibrated one (None: the calibrated one). The calibration is still measured
-            and reported beside it.
+        threshold: ``auto``: :data:`FIXED_THRESHOLD` where the averages compared hold a
+            median of at least :data:`FIXED_THRESHOLD_MIN_MEMBERS` members, the calibrated
+            threshold below that (and always with ``per_subset``); ``calibrated``: the
+            calibrated threshold; a number: that fixed merge threshold on the
+            same-structure ratio. The calibration is measured and reported either way.
         reference_resolution_factor: a reference explains a structure when their FSC stays
             >= 0.5 up to at least 1 / this of the shells the structure resolves.
         seed: seeds the subsamples, half-set splits and calibration splits.
@@ -130,7 +150,7 @@ class CensusSettings:
     calibration_quantile: float = 0.1
     calibration_subsets: int = 8
     calibration: str = "best_resolved"
-    threshold: float | None = None
+    threshold: float | str = "auto"
     reference_resolution_factor: float = 2.0
     seed: int = 1
     workers: int = 1
@@ -152,11 +172,15 @@ class CensusSettings:
         if self.calibration not in CALIBRATIONS:
             raise TomosiftError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got "
                                 f"{self.calibration!r}")
-        if self.threshold is not None and self.calibration == "per_subset":
+        if isinstance(self.threshold, str):
+            if self.threshold not in THRESHOLD_RULES:
+                raise TomosiftError(f"threshold must be a number, auto or calibrated, got "
+                                    f"{self.threshold!r}")
+        elif self.calibration == "per_subset":
             raise TomosiftError("a fixed threshold is a same-structure ratio for every pair: "
                                 "use it with calibration best_resolved or pooled, not "
                                 "per_subset")
-        if self.threshold is not None and not 0.0 < self.threshold < 2.0:
+        elif not 0.0 < self.threshold < 2.0:
             raise TomosiftError(f"threshold must be in (0, 2) (a same-structure ratio; about 1 "
                                 f"for one structure), got {self.threshold}")
         if self.reference_resolution_factor < 1.0:
@@ -270,9 +294,10 @@ class MergeResult:
 
     Attributes:
         structures: the merged averages, largest first.
-        threshold: the merge threshold (midway between the calibrated same-structure level
-            and the median pair ratio; with ``pooled`` calibration the level itself; or the
-            settings' fixed one; nan: nothing could be compared).
+        threshold: the merge threshold (:data:`FIXED_THRESHOLD` or the settings' fixed one;
+            or the calibrated one: midway between the calibrated same-structure level and
+            the median pair ratio, with ``pooled`` calibration the level itself; nan:
+            nothing could be compared).
         same_level: the calibrated same-structure level.
         calibration_ratios: the ratios of the calibration pairs.
         pair_ratios: (A, A) the ratio of every pair of input averages (nan on the diagonal).
@@ -287,6 +312,9 @@ class MergeResult:
             below ``same_level``: :func:`pair_levels`); empty otherwise.
         normalised: True when ``threshold``, the merge scores and ``ratios_below`` are
             normalised scores (``per_subset``), False when they are same-structure ratios.
+        rule: which rule set ``threshold``, and why (:func:`fixed_threshold`).
+        calibrated_threshold: the threshold the calibrated rule gives (measured whatever
+            rule set ``threshold``; nan: nothing could be compared).
     """
 
     structures: list[SubsetAverage]
@@ -299,6 +327,8 @@ class MergeResult:
     followed_to: float = float("nan")
     levels: list[float] = field(default_factory=list)
     normalised: bool = False
+    rule: str = ""
+    calibrated_threshold: float = float("nan")
 
     def structures_by_threshold(self) -> list[tuple[float, int]]:
         """(threshold, structures) steps: with any merge threshold in (the next step's
@@ -383,6 +413,22 @@ def merge_threshold(same_level: float, pair_ratios: np.ndarray) -> float:
     return 0.5 * (same_level + float(np.median(finite)))
 
 
+def fixed_threshold(settings: CensusSettings, averages: Sequence[SubsetAverage]
+                    ) -> tuple[float | None, str]:
+    """(the fixed merge threshold, why) from ``settings.threshold`` and the averages to be
+    compared; (None, why) where the calibrated threshold applies (module docstring)."""
+    if not isinstance(settings.threshold, str):
+        return float(settings.threshold), "fixed"
+    if settings.threshold == "calibrated" or settings.calibration == "per_subset":
+        return None, ""
+    members = float(np.median([a.particles for a in averages])) if averages else 0.0
+    if members >= FIXED_THRESHOLD_MIN_MEMBERS:
+        return FIXED_THRESHOLD, (f"auto: fixed, the averages hold a median of {members:g} "
+                                 f"members, >= {FIXED_THRESHOLD_MIN_MEMBERS}")
+    return None, (f"auto: the averages hold a median of {members:g} members, fewer than the "
+                  f"{FIXED_THRESHOLD_MIN_MEMBERS} the fixed {FIXED_THRESHOLD} was validated on")
+
+
 def merge_averages(averages: Sequence[SubsetAverage],
                    calibration_pairs: Sequence[tuple[SubsetAverage, SubsetAverage]],
                    settings: CensusSettings,
@@ -426,19 +472,23 @@ def merge_averages(averages: Sequence[SubsetAverage],
         level_of = pair_levels(own, same_level)
         levels = {i: float(level_of[i]) for i in range(n)}
         usable = np.isfinite(same_level) and np.isfinite(median) and same_level > median
-        threshold = NORMALISED_THRESHOLD if usable and pairs else float("nan")
+        calibrated = NORMALISED_THRESHOLD if usable and pairs else float("nan")
         with_own = int(np.sum(level_of != same_level))
-        rule = (f"normalised, each pair held to its subsets' own levels ({with_own} of {n} "
-                f"subsets with their own)")
-    elif settings.threshold is not None and pairs:
-        threshold, rule = settings.threshold, "fixed"
+        calibrated_rule = (f"normalised, each pair held to its subsets' own levels ({with_own} "
+                           f"of {n} subsets with their own)")
     elif settings.calibration == "pooled":
-        threshold = same_level if pairs else float("nan")
-        rule = (f"the same-structure level: {settings.calibration_quantile:g} quantile of "
-                f"every subset's split")
+        calibrated = same_level if pairs else float("nan")
+        calibrated_rule = (f"the same-structure level: {settings.calibration_quantile:g} "
+                           f"quantile of every subset's split")
     else:
-        threshold = merge_threshold(same_level, pair_ratios[np.triu_indices(n, 1)])
-        rule = "midway to the median pair ratio"
+        calibrated = merge_threshold(same_level, pair_ratios[np.triu_indices(n, 1)])
+        calibrated_rule = "midway to the median pair ratio"
+    fixed, why = fixed_threshold(settings, [nodes[i] for i in sorted(comparable)])
+    if fixed is not None and pairs:
+        threshold, rule = fixed, why
+    else:
+        threshold, rule = calibrated, f"calibrated: {calibrated_rule}" + (
+            f"; {why}" if why else "")
     if progress:
         progress(f"merge threshold {threshold:.3f} ({rule})")
     input_levels = [levels[i] for i in range(n)] if levels is not None else []
@@ -454,7 +504,7 @@ def merge_averages(averages: Sequence[SubsetAverage],
     return MergeResult(structures, threshold, same_level, calibration_used, pair_ratios,
                        merges, [ratio for _, _, ratio in below],
                        min(floor, threshold) if np.isfinite(floor) else threshold,
-                       input_levels, per_subset)
+                       input_levels, per_subset, rule, calibrated)
 
 
 def _agglomerate(nodes: dict[int, SubsetAverage],

@@ -381,6 +381,12 @@ def summary_lines(frame, unresolved: list[int], merged: MergeResult) -> list[str
         lines.append("warning: no subset average resolves 2 Fourier shells at half-set FSC "
                      "0.143: nothing could be compared, each subset is its own structure")
         return lines
+    lines.append(f"threshold rule: {merged.rule}")
+    calibrated = merged.calibrated_threshold
+    if np.isfinite(calibrated) and calibrated != threshold:
+        count = merged.structures_at(calibrated)
+        lines.append(f"the calibrated threshold would be {calibrated:.3f}: " + (
+            f"{count} structures" if count is not None else "below the median pair ratio"))
     spread = [(t, merged.structures_at(t)) for t in (threshold + 0.1, threshold - 0.1)]
     lines.append("with the threshold 0.1 higher / lower: " + " / ".join(
         f"{count} structures" if count is not None else "below the median pair ratio"
@@ -435,6 +441,8 @@ def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structur
     _plot_similarity(files["similarity"], merged, structure_of, order)
     made_from = {"settings": {k: v for k, v in asdict(settings).items() if k != "align"},
                  "threshold": merged.threshold,
+                 "rule": merged.rule,
+                 "calibrated_threshold": merged.calibrated_threshold,
                  "same_level": merged.same_level,
                  "calibration_ratios": [round(float(r), 4) for r in merged.calibration_ratios],
                  "merges": [{"first": a, "second": b, "ratio": round(r, 4)}
