@@ -24,6 +24,14 @@ trained on as references, and prints:
 ``--oracle-chunks N`` replaces the clusters by a perfect subdivision: each true class's test
 members split at random into N subsets. It asks what the census itself can do when every
 subset is pure: which structures the data let it tell apart, and where the threshold falls.
+
+A training-free source (``rif``, ``posenorm``: ``clusters/<source>.tsv``) serves every fold.
+``--references all`` compares every structure with all the classes' maps
+(``reference_scores.tsv``) and then judges known or novel for every fold at once, each fold's
+references being the classes its network was trained on: the score of each structure's true
+class against the best other class says how well the reference test separates them.
+``--reference-fsc observed`` restricts the structure-to-reference FSC to the Fourier
+coefficients the structure's average observed.
 """
 
 from __future__ import annotations
@@ -108,19 +116,26 @@ def main() -> None:
                         help="one same-structure level, or each pair held to its subsets' own")
     parser.add_argument("--oracle-chunks", type=int, default=0,
                         help="subsets = each true class split in this many (0: the clusters)")
+    parser.add_argument("--references", choices=("known", "all"), default="known",
+                        help="known: the fold's training classes' maps; all: every class's "
+                             "map, novelty then judged for every fold")
+    parser.add_argument("--reference-fsc", choices=("full", "observed"), default="full")
     args = parser.parse_args()
 
     print(machine_line())
     folds = pd.read_csv(args.loo_dir / "folds.tsv", sep="\t")
     held_out = sorted(folds.loc[folds["fold"] == args.fold, "class"])
     known = sorted(set(folds["class"]) - set(held_out))
-    references = [args.densities / f"{name}.mrc" for name in known]
-    folder = subdivision_folder(args.loo_dir / "clusters" / args.source / f"fold_{args.fold}.tsv",
-                                args.data, args.out_dir, args.oracle_chunks)
+    named = sorted(folds["class"]) if args.references == "all" else known
+    references = [args.densities / f"{name}.mrc" for name in named]
+    clusters = args.loo_dir / "clusters" / args.source / f"fold_{args.fold}.tsv"
+    if not clusters.is_file():  # a training-free source: one clustering for every fold
+        clusters = args.loo_dir / "clusters" / f"{args.source}.tsv"
+    folder = subdivision_folder(clusters, args.data, args.out_dir, args.oracle_chunks)
     started = time.time()
     settings = CensusSettings(min_members=args.min_members, max_members=args.max_members or None,
                               threshold=args.threshold, calibration=args.calibration,
-                              workers=args.threads)
+                              reference_fsc=args.reference_fsc, workers=args.threads)
     result = census(folder, args.out_dir / "census", references, settings)
     seconds = time.time() - started
     truth = pd.read_csv(folder / "clusters.tsv", sep="\t")
@@ -173,6 +188,55 @@ def main() -> None:
     print(f"thresholds that give {present} +- 2 structures: "
           + (f"{min(near):.3f} to {max(near):.3f} (step tops)" if near else "none followed"))
     structures.to_csv(args.out_dir / "structures_vs_truth.tsv", sep="\t", index=False)
+    if args.references == "all":
+        scores = pd.read_csv(args.out_dir / "census/reference_scores.tsv", sep="\t",
+                             index_col="structure")
+        print(separation_lines(structures, scores))
+        for fold in sorted(folds["fold"].unique()):
+            print(novelty_line(fold, structures, members, scores, folds,
+                               settings.reference_resolution_factor))
+
+
+def separation_lines(structures: pd.DataFrame, scores: pd.DataFrame) -> str:
+    """Per structure of purity >= 0.5 with a real class: its true class's reference score
+    against the best other class's; and how many have the true one ahead."""
+    lines, ahead = [], 0
+    rows = structures[(structures["purity"] >= 0.5) & (structures["majority"] != "empty")]
+    for row in rows.itertuples():
+        own = scores.loc[row.structure]
+        true = float(own.get(row.majority, np.nan))
+        others = own.drop(row.majority, errors="ignore")
+        best_other = others.idxmax()
+        ahead += true > float(others.max())
+        lines.append(f"  structure {row.structure} ({row.majority}, purity {row.purity}): true "
+                     f"{true:.3f}, best other {best_other} {float(others.max()):.3f}")
+    return (f"reference scores, true class vs best other ({len(rows)} structures of purity "
+            f">= 0.5; true ahead in {ahead}):\n" + "\n".join(lines))
+
+
+def novelty_line(fold: int, structures: pd.DataFrame, members: pd.DataFrame,
+                 scores: pd.DataFrame, folds: pd.DataFrame, factor: float) -> str:
+    """Known or novel with the references of fold ``fold`` (the other folds' classes): each
+    held-out class found as one structure and flagged novel; known classes flagged novel."""
+    held_out = set(folds.loc[folds["fold"] == fold, "class"])
+    known = [c for c in scores.columns if c not in held_out]
+    best = scores[known].max(axis=1)
+    novel = {s: not best[s] >= 1.0 / factor for s in scores.index}
+    found, flagged = [], []
+    for name in sorted(held_out):
+        counts = members.loc[members["class"] == name, "structure"].value_counts()
+        top = int(counts.index[0])
+        row = structures[structures["structure"] == top]
+        if top > 0 and counts.iloc[0] / counts.sum() >= 0.5 and (row["majority"] == name).all():
+            found.append(name)
+            if novel.get(top, False):
+                flagged.append(name)
+    false = sorted({r.majority for r in structures.itertuples()
+                    if r.majority not in held_out | {"empty"} and novel.get(r.structure, False)
+                    and np.isfinite(best.get(r.structure, np.nan))})
+    return (f"fold {fold} (held out {len(held_out)}): found as one {len(found)}, flagged novel "
+            f"{len(flagged)} ({', '.join(flagged)}); known falsely novel {len(false)} "
+            f"({', '.join(false)})")
 
 
 if __name__ == "__main__":

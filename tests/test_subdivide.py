@@ -410,6 +410,12 @@ def test_census_counts_the_structures_of_a_subdivision(dataset, model, tmp_path,
     for name in ("census.png", "similarity.png", "similarity.tsv", "census.json",
                  "unresolved.tsv", "structures_by_threshold.png"):
         assert (out / "census" / name).is_file()
+    # every structure against every reference; census.tsv holds the best of each row
+    scores = pd.read_csv(out / "census/reference_scores.tsv", sep="\t", index_col="structure")
+    assert sorted(scores.columns) == sorted([NAMES[0], NAMES[2]])
+    for row in table.itertuples():
+        assert scores.loc[row.structure].idxmax() == row.nearest_reference
+        assert scores.loc[row.structure].max() == pytest.approx(row.reference_score, abs=1e-3)
     # the count by threshold: 4 subsets at a threshold above every ratio, the census's count
     # at its own threshold
     steps = pd.read_csv(out / "census/structures_by_threshold.tsv", sep="\t")

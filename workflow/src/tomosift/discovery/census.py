@@ -106,6 +106,8 @@ FIXED_THRESHOLD = 0.85
 FIXED_THRESHOLD_MIN_MEMBERS = 25
 #: The threshold rules that are not a number (:class:`CensusSettings`).
 THRESHOLD_RULES = ("auto", "calibrated")
+#: Which Fourier coefficients the structure-to-reference FSC uses (:class:`CensusSettings`).
+REFERENCE_FSC = ("full", "observed")
 #: How the same-structure level is calibrated (:class:`CensusSettings`).
 CALIBRATIONS = ("best_resolved", "per_subset", "pooled")
 #: The per-subset census merges a pair at this normalised score (midway between the median
@@ -139,6 +141,8 @@ class CensusSettings:
             same-structure ratio. The calibration is measured and reported either way.
         reference_resolution_factor: a reference explains a structure when their FSC stays
             >= 0.5 up to at least 1 / this of the shells the structure resolves.
+        reference_fsc: ``full``: that FSC over every Fourier coefficient; ``observed``: over
+            the coefficients the structure's average observed (its coverage) only.
         seed: seeds the subsamples, half-set splits and calibration splits.
         workers: threads of the refinement and of the pairwise alignments.
         align: the search of the pairwise alignments.
@@ -152,6 +156,7 @@ class CensusSettings:
     calibration: str = "best_resolved"
     threshold: float | str = "auto"
     reference_resolution_factor: float = 2.0
+    reference_fsc: str = "full"
     seed: int = 1
     workers: int = 1
     align: AlignSettings = field(default_factory=AlignSettings)
@@ -183,6 +188,9 @@ class CensusSettings:
         elif not 0.0 < self.threshold < 2.0:
             raise TomosiftError(f"threshold must be in (0, 2) (a same-structure ratio; about 1 "
                                 f"for one structure), got {self.threshold}")
+        if self.reference_fsc not in REFERENCE_FSC:
+            raise TomosiftError(f"reference_fsc must be one of {', '.join(REFERENCE_FSC)}, got "
+                                f"{self.reference_fsc!r}")
         if self.reference_resolution_factor < 1.0:
             raise TomosiftError(f"reference_resolution_factor must be >= 1, got "
                                 f"{self.reference_resolution_factor}")
@@ -226,9 +234,11 @@ class SubsetAverage:
         return self._prepared
 
 
-def masked_fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n // 2 + 1,) FSC of two maps under the soft spherical mask of the FSC module."""
-    return fsc_curve(a, b, soft_sphere_mask(a.shape[0]))[1]
+def masked_fsc(a: np.ndarray, b: np.ndarray, observed: np.ndarray | None = None
+               ) -> np.ndarray:
+    """(n // 2 + 1,) FSC of two maps under the soft spherical mask of the FSC module
+    (``observed``: only those Fourier coefficients, :func:`tomosift.discovery.fsc.fsc_curve`)."""
+    return fsc_curve(a, b, soft_sphere_mask(a.shape[0]), observed)[1]
 
 
 def expected_correlation(half_fsc: np.ndarray) -> np.ndarray:
@@ -263,14 +273,17 @@ def pair_ratio(first: SubsetAverage, second: SubsetAverage, settings: AlignSetti
 
 
 def reference_score(structure: SubsetAverage, reference: np.ndarray,
-                    settings: AlignSettings, band_limit: int | None = None) -> float:
+                    settings: AlignSettings, band_limit: int | None = None,
+                    observed_only: bool = False) -> float:
     """The reference aligned onto the structure: the last shell of their FSC >= 0.5 over the
     last shell of the structure's half-set FSC >= 0.143 (1 = the reference explains the map
     to its own resolution). ``band_limit``: the last shell a band-limited reference holds;
-    the structure's resolved shells count up to it only."""
+    the structure's resolved shells count up to it only. ``observed_only``: the FSC over the
+    Fourier coefficients the structure's average observed (its coverage) only."""
     alignment = align_prepared(structure.prepared(settings), prepare(reference, None, settings),
                                settings)
-    fsc = masked_fsc(structure.average, _turned(reference, alignment))
+    fsc = masked_fsc(structure.average, _turned(reference, alignment),
+                     structure.coverage if observed_only else None)
     resolved = structure.resolved_shell
     if band_limit is not None:
         resolved = min(resolved, band_limit)
@@ -552,26 +565,46 @@ def _agglomerate(nodes: dict[int, SubsetAverage],
     return merges, nodes, scores
 
 
+def reference_scores(structures: Sequence[SubsetAverage], references: dict[str, np.ndarray],
+                     settings: CensusSettings, band_limits: dict[str, int] | None = None
+                     ) -> np.ndarray:
+    """(structures, references) the :func:`reference_score` of every structure with every
+    reference (in the order of ``references``); nan for a structure that resolves too
+    little to compare."""
+    names = list(references)
+    observed_only = settings.reference_fsc == "observed"
+
+    def row(structure: SubsetAverage) -> list[float]:
+        if structure.resolved_shell < MIN_RESOLVED_SHELLS:
+            return [float("nan")] * len(names)
+        return [reference_score(structure, references[name], settings.align,
+                                (band_limits or {}).get(name), observed_only)
+                for name in names]
+
+    rows = _map(row, list(structures), settings.workers)
+    return np.array(rows, dtype=np.float64).reshape(len(structures), len(names))
+
+
 def nearest_references(structures: Sequence[SubsetAverage], references: dict[str, np.ndarray],
-                       settings: CensusSettings, band_limits: dict[str, int] | None = None
-                       ) -> list[tuple[str, float]]:
+                       settings: CensusSettings, band_limits: dict[str, int] | None = None,
+                       scores: np.ndarray | None = None) -> list[tuple[str, float]]:
     """Per structure (the reference with the highest :func:`reference_score`, that score);
     ("", nan) without references or for a structure that resolves too little to compare.
-    ``band_limits``: the last shell each band-limited reference holds (by name)."""
+    ``band_limits``: the last shell each band-limited reference holds (by name); ``scores``:
+    :func:`reference_scores`, when already computed."""
     if not references:
         return [("", float("nan"))] * len(structures)
     names = list(references)
-
-    def nearest(structure: SubsetAverage) -> tuple[str, float]:
-        if structure.resolved_shell < MIN_RESOLVED_SHELLS:
-            return "", float("nan")
-        scores = [reference_score(structure, references[name], settings.align,
-                                  (band_limits or {}).get(name))
-                  for name in names]
-        best = int(np.argmax(scores))
-        return names[best], float(scores[best])
-
-    return _map(nearest, list(structures), settings.workers)
+    if scores is None:
+        scores = reference_scores(structures, references, settings, band_limits)
+    nearest = []
+    for row in scores:
+        if not np.any(np.isfinite(row)):
+            nearest.append(("", float("nan")))
+            continue
+        best = int(np.nanargmax(row))
+        nearest.append((names[best], float(row[best])))
+    return nearest
 
 
 def is_novel(reference_score_value: float, settings: CensusSettings) -> bool:

@@ -51,7 +51,8 @@ def _rfft_shells(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fsc_curve(
-    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
+    observed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fourier shell correlation of two maps.
 
@@ -59,6 +60,8 @@ def fsc_curve(
         a, b: real maps of shape (n, n, n), indexed [z, y, x].
         mask: optional real-space mask of shape (n, n, n), multiplied into both maps before
             the Fourier transform (e.g. :func:`soft_sphere_mask`).
+        observed: optional (n, n, n // 2 + 1) 0/1 in ``rfftn`` layout: only these Fourier
+            coefficients count (what an average observed; a shell with none gets FSC 0).
 
     Returns:
         (shells, fsc): shell indices 0 .. n // 2, shape (S,) int, and per shell
@@ -80,6 +83,11 @@ def fsc_curve(
     inside = shell < n_shells
     index = shell[inside]
     w = weight[inside]
+    if observed is not None:
+        if observed.shape != fa.shape:
+            raise TomosiftError(f"FSC Fourier mask has shape {observed.shape}, the maps' "
+                                f"rfftn {fa.shape}")
+        w = w * (np.asarray(observed)[inside] > 0)
     cross = np.bincount(index, weights=w * (fa[inside] * np.conj(fb[inside])).real,
                         minlength=n_shells)
     power_a = np.bincount(index, weights=w * np.abs(fa[inside]) ** 2, minlength=n_shells)

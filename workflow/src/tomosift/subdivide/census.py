@@ -17,6 +17,8 @@ Reads a subdivision folder (``clusters.tsv``, ``subdivide.json`` naming its data
 - ``unresolved.tsv``: the subsets too small to average (``subset``, ``members``);
 - ``structures/structure_<nnn>.mrc`` with ``_half1``/``_half2`` and ``.star`` (the members'
   rows of ``subsets/all.star``, ``rlnClassNumber`` = structure);
+- ``reference_scores.tsv`` (with references): the reference score of every structure
+  (rows) with every reference (columns), the nearest being ``census.tsv``'s;
 - ``census.png`` (central slices, novel structures marked), ``similarity.png`` and
   ``similarity.tsv`` (the same-structure ratio of every pair of averaged subsets),
   ``census.json`` (calibration and merges);
@@ -51,6 +53,7 @@ from tomosift.discovery.census import (
     is_novel,
     merge_averages,
     nearest_references,
+    reference_scores,
 )
 from tomosift.errors import TomosiftError
 
@@ -317,8 +320,9 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
                             owners=owners)
     # band-limited references (class averages): the structure's resolved shells are counted
     # up to their band limit only (tomosift.discovery.census.reference_score)
-    nearest = nearest_references(merged.structures, reference_maps, settings,
-                                 reference_set.band_limits)
+    scores = reference_scores(merged.structures, reference_maps, settings,
+                              reference_set.band_limits)
+    nearest = nearest_references(merged.structures, reference_maps, settings, scores=scores)
     size_of = dict(zip(numbers.tolist(), sizes.tolist(), strict=True))
     rows, structure_of = [], {}
     for number, (structure, (name, score)) in enumerate(
@@ -337,7 +341,7 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      "resolved": has_density(structure)})
     frame = pd.DataFrame(rows)
     files = _write_outputs(out, folder, frame, merged, structure_of, unresolved, indices,
-                           subsets, size_of, voxel, settings, eligible, reference_set)
+                           subsets, size_of, voxel, settings, eligible, reference_set, scores)
     return CensusResult(frame, merged, unresolved, files)
 
 
@@ -398,7 +402,8 @@ def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structur
                    unresolved: list[int], indices: np.ndarray, subsets: np.ndarray,
                    size_of: dict, voxel: float,
                    settings: CensusSettings, order: list[int],
-                   references: References | None = None) -> dict:
+                   references: References | None = None,
+                   scores: np.ndarray | None = None) -> dict:
     import pandas as pd
 
     from tomosift.io import write_mrc, write_star, write_text
@@ -432,6 +437,11 @@ def _write_outputs(out: Path, folder: Path, frame, merged: MergeResult, structur
     matrix = pd.DataFrame(merged.pair_ratios, index=pd.Index(order, name="subset"),
                           columns=[str(s) for s in order])
     write_text(files["similarity_table"], matrix.round(4).to_csv(sep="\t", na_rep="nan"))
+    if references is not None and references.maps and scores is not None:
+        files["reference_scores"] = out / "reference_scores.tsv"
+        write_text(files["reference_scores"], pd.DataFrame(
+            scores, index=pd.Index(frame["structure"], name="structure"),
+            columns=list(references.maps)).round(4).to_csv(sep="\t", na_rep="nan"))
     steps = merged.structures_by_threshold()
     write_text(files["by_threshold"], pd.DataFrame(
         {"threshold": [round(t, 4) for t, _ in steps], "structures": [c for _, c in steps]}
