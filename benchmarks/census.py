@@ -47,7 +47,19 @@ from machine import machine_line
 from sklearn.metrics import adjusted_rand_score
 
 from tomosift.cli.subdivide import parse_threshold
-from tomosift.discovery.census import CensusSettings
+from tomosift.discovery.align import align_prepared, prepare
+from tomosift.discovery.census import (
+    FIXED_THRESHOLD,
+    MIN_RESOLVED_SHELLS,
+    CensusSettings,
+    _map,
+    agreement_ratio,
+    expected_correlation,
+    masked_fsc,
+)
+from tomosift.discovery.refine import last_shell_above
+from tomosift.discovery.rotations import transform_volume
+from tomosift.io import read_mrc
 from tomosift.subdivide.census import census
 
 
@@ -189,12 +201,55 @@ def main() -> None:
           + (f"{min(near):.3f} to {max(near):.3f} (step tops)" if near else "none followed"))
     structures.to_csv(args.out_dir / "structures_vs_truth.tsv", sep="\t", index=False)
     if args.references == "all":
-        scores = pd.read_csv(args.out_dir / "census/reference_scores.tsv", sep="\t",
-                             index_col="structure")
-        print(separation_lines(structures, scores))
-        for fold in sorted(folds["fold"].unique()):
-            print(novelty_line(fold, structures, members, scores, folds,
-                               settings.reference_resolution_factor))
+        maps = {name: read_mrc(path)[0] for name, path in zip(named, references, strict=True)}
+        variants = reference_variants(result.merged.structures, maps, settings)
+        variants.update({name: frame.set_axis(table["structure"].to_list())
+                         for name, frame in variants.items()})
+        for name, frame in variants.items():
+            frame.round(4).to_csv(args.out_dir / f"reference_{name}.tsv", sep="\t",
+                                  index_label="structure")
+            level = FIXED_THRESHOLD if name.startswith("ratio") else (
+                1.0 / settings.reference_resolution_factor)
+            print(f"== {name} (a reference explains a structure at >= {level:.3f})")
+            print(separation_lines(structures, frame))
+            for fold in sorted(folds["fold"].unique()):
+                print(novelty_line(fold, structures, members, frame, folds, level))
+
+
+def reference_variants(structures: list, maps: dict[str, np.ndarray], settings: CensusSettings
+                       ) -> dict[str, pd.DataFrame]:
+    """Every structure against every map, aligned once per pair, scored four ways:
+    ``score_full`` / ``score_observed``: the census's reference score (last shell of FSC >=
+    0.5 over the structure's last resolved shell) with the FSC over every Fourier
+    coefficient / over those the structure observed; ``ratio_full`` / ``ratio_observed``:
+    that FSC summed over the resolved shells over the sum of the perfect-model expectation
+    ``sqrt(2F/(1+F))`` of the structure's half-maps (the same-structure ratio with a perfect
+    second map)."""
+    names = list(maps)
+    prepared = {name: prepare(volume, None, settings.align) for name, volume in maps.items()}
+
+    def row(structure) -> list[tuple[float, float, float, float]]:
+        values = []
+        top = structure.resolved_shell
+        expected = expected_correlation(structure.half_fsc)
+        for name in names:
+            if top < MIN_RESOLVED_SHELLS:
+                values.append((np.nan,) * 4)
+                continue
+            alignment = align_prepared(structure.prepared(settings.align), prepared[name],
+                                       settings.align)
+            turned = transform_volume(maps[name], alignment.rotation, alignment.shift_voxels)
+            full = masked_fsc(structure.average, turned)
+            seen = masked_fsc(structure.average, turned, structure.coverage)
+            values.append((last_shell_above(full, 0.5) / top, last_shell_above(seen, 0.5) / top,
+                           agreement_ratio(full, expected, top),
+                           agreement_ratio(seen, expected, top)))
+        return values
+
+    rows = _map(row, list(structures), settings.workers)
+    kinds = ("score_full", "score_observed", "ratio_full", "ratio_observed")
+    return {kind: pd.DataFrame([[cell[k] for cell in r] for r in rows], columns=names)
+            for k, kind in enumerate(kinds)}
 
 
 def separation_lines(structures: pd.DataFrame, scores: pd.DataFrame) -> str:
@@ -215,13 +270,13 @@ def separation_lines(structures: pd.DataFrame, scores: pd.DataFrame) -> str:
 
 
 def novelty_line(fold: int, structures: pd.DataFrame, members: pd.DataFrame,
-                 scores: pd.DataFrame, folds: pd.DataFrame, factor: float) -> str:
+                 scores: pd.DataFrame, folds: pd.DataFrame, level: float) -> str:
     """Known or novel with the references of fold ``fold`` (the other folds' classes): each
     held-out class found as one structure and flagged novel; known classes flagged novel."""
     held_out = set(folds.loc[folds["fold"] == fold, "class"])
     known = [c for c in scores.columns if c not in held_out]
     best = scores[known].max(axis=1)
-    novel = {s: not best[s] >= 1.0 / factor for s in scores.index}
+    novel = {s: not best[s] >= level for s in scores.index}
     found, flagged = [], []
     for name in sorted(held_out):
         counts = members.loc[members["class"] == name, "structure"].value_counts()
