@@ -30,8 +30,8 @@ A training-free source (``rif``, ``posenorm``: ``clusters/<source>.tsv``) serves
 (``reference_scores.tsv``) and then judges known or novel for every fold at once, each fold's
 references being the classes its network was trained on: the score of each structure's true
 class against the best other class says how well the reference test separates them.
-``--reference-fsc observed`` restricts the structure-to-reference FSC to the Fourier
-coefficients the structure's average observed.
+With ``--references all`` each structure is also scored against every map four ways
+(:func:`reference_variants`), each judged for every fold.
 """
 
 from __future__ import annotations
@@ -131,7 +131,6 @@ def main() -> None:
     parser.add_argument("--references", choices=("known", "all"), default="known",
                         help="known: the fold's training classes' maps; all: every class's "
                              "map, novelty then judged for every fold")
-    parser.add_argument("--reference-fsc", choices=("full", "observed"), default="full")
     args = parser.parse_args()
 
     print(machine_line())
@@ -147,7 +146,7 @@ def main() -> None:
     started = time.time()
     settings = CensusSettings(min_members=args.min_members, max_members=args.max_members or None,
                               threshold=args.threshold, calibration=args.calibration,
-                              reference_fsc=args.reference_fsc, workers=args.threads)
+                              workers=args.threads)
     result = census(folder, args.out_dir / "census", references, settings)
     seconds = time.time() - started
     truth = pd.read_csv(folder / "clusters.tsv", sep="\t")
@@ -216,12 +215,26 @@ def main() -> None:
                 print(novelty_line(fold, structures, members, frame, folds, level))
 
 
+def shells_observed(coverage: np.ndarray) -> np.ndarray:
+    """(n // 2 + 1,) how many Fourier coefficients of each shell a coverage (rfftn layout)
+    observed."""
+    n = coverage.shape[0]
+    k = np.fft.fftfreq(n) * n
+    kx = np.fft.rfftfreq(n) * n
+    radius = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
+    shell = np.floor(radius + 0.5).astype(np.int64)
+    inside = shell <= n // 2
+    return np.bincount(shell[inside], weights=(coverage[inside] > 0).astype(np.float64),
+                       minlength=n // 2 + 1)
+
+
 def reference_variants(structures: list, maps: dict[str, np.ndarray], settings: CensusSettings
                        ) -> dict[str, pd.DataFrame]:
     """Every structure against every map, aligned once per pair, scored four ways:
     ``score_full`` / ``score_observed``: the census's reference score (last shell of FSC >=
     0.5 over the structure's last resolved shell) with the FSC over every Fourier
-    coefficient / over those the structure observed; ``ratio_full`` / ``ratio_observed``:
+    coefficient / over those the structure observed (a shell with none observed passes);
+    ``ratio_full`` / ``ratio_observed`` (shells with none observed left out):
     that FSC summed over the resolved shells over the sum of the perfect-model expectation
     ``sqrt(2F/(1+F))`` of the structure's half-maps (the same-structure ratio with a perfect
     second map)."""
@@ -241,9 +254,14 @@ def reference_variants(structures: list, maps: dict[str, np.ndarray], settings: 
             turned = transform_volume(maps[name], alignment.rotation, alignment.shift_voxels)
             full = masked_fsc(structure.average, turned)
             seen = masked_fsc(structure.average, turned, structure.coverage)
-            values.append((last_shell_above(full, 0.5) / top, last_shell_above(seen, 0.5) / top,
+            # a shell the average never observed (the CTF's lowest, for one) says nothing:
+            # it passes the score and leaves the ratio's sums
+            blind = shells_observed(structure.coverage) == 0
+            values.append((last_shell_above(full, 0.5) / top,
+                           last_shell_above(np.where(blind, 1.0, seen), 0.5) / top,
                            agreement_ratio(full, expected, top),
-                           agreement_ratio(seen, expected, top)))
+                           agreement_ratio(np.where(blind, 0.0, seen),
+                                           np.where(blind, 0.0, expected), top)))
         return values
 
     rows = _map(row, list(structures), settings.workers)

@@ -212,8 +212,6 @@ def test_settings_are_checked():
         CensusSettings(threshold=0.0)
     with pytest.raises(TomosiftError, match="a number, auto or calibrated"):
         CensusSettings(threshold="sometimes")
-    with pytest.raises(TomosiftError, match="reference_fsc must be one of"):
-        CensusSettings(reference_fsc="half")
     assert CensusSettings(calibration="per_subset").threshold == "auto"
     with pytest.raises(TomosiftError, match="calibration must be one of"):
         CensusSettings(calibration="largest")

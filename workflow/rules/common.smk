@@ -503,7 +503,7 @@ def census_settings(threads):
     """The keyword arguments of tomosift.discovery.census.CensusSettings from the config."""
     census = SUB["census"]
     keys = ("min_members", "max_members", "calibration_quantile", "calibration_subsets",
-            "calibration", "threshold", "reference_resolution_factor", "reference_fsc")
+            "calibration", "threshold", "reference_resolution_factor")
     return {**{key: census[key] for key in keys}, "iterations": SUB["average_iterations"],
             "seed": config["seed"], "workers": threads}
 

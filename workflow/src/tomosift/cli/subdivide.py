@@ -91,9 +91,6 @@ def _add_census_options(parser) -> None:
                              "calibrated threshold; or a number: that fixed ratio (about 1 = "
                              "one structure; similarity.tsv of an earlier census lists the "
                              "ratios)")
-    parser.add_argument("--reference-fsc", choices=("full", "observed"), default="full",
-                        help="the structure-to-reference FSC over every Fourier coefficient "
-                             "(full, default) or over those the structure's average observed")
 
 
 def parse_threshold(text: str) -> float | str:
@@ -117,8 +114,7 @@ def _census_settings(args):
                           calibration_quantile=args.calibration_quantile,
                           calibration_subsets=args.calibration_subsets,
                           calibration=args.calibration,
-                          threshold=args.threshold, reference_fsc=args.reference_fsc,
-                          seed=args.seed,
+                          threshold=args.threshold, seed=args.seed,
                           workers=args.threads or 1)
 
 

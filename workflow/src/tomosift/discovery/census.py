@@ -106,8 +106,6 @@ FIXED_THRESHOLD = 0.85
 FIXED_THRESHOLD_MIN_MEMBERS = 25
 #: The threshold rules that are not a number (:class:`CensusSettings`).
 THRESHOLD_RULES = ("auto", "calibrated")
-#: Which Fourier coefficients the structure-to-reference FSC uses (:class:`CensusSettings`).
-REFERENCE_FSC = ("full", "observed")
 #: How the same-structure level is calibrated (:class:`CensusSettings`).
 CALIBRATIONS = ("best_resolved", "per_subset", "pooled")
 #: The per-subset census merges a pair at this normalised score (midway between the median
@@ -141,8 +139,6 @@ class CensusSettings:
             same-structure ratio. The calibration is measured and reported either way.
         reference_resolution_factor: a reference explains a structure when their FSC stays
             >= 0.5 up to at least 1 / this of the shells the structure resolves.
-        reference_fsc: ``full``: that FSC over every Fourier coefficient; ``observed``: over
-            the coefficients the structure's average observed (its coverage) only.
         seed: seeds the subsamples, half-set splits and calibration splits.
         workers: threads of the refinement and of the pairwise alignments.
         align: the search of the pairwise alignments.
@@ -156,7 +152,6 @@ class CensusSettings:
     calibration: str = "best_resolved"
     threshold: float | str = "auto"
     reference_resolution_factor: float = 2.0
-    reference_fsc: str = "full"
     seed: int = 1
     workers: int = 1
     align: AlignSettings = field(default_factory=AlignSettings)
@@ -188,9 +183,6 @@ class CensusSettings:
         elif not 0.0 < self.threshold < 2.0:
             raise TomosiftError(f"threshold must be in (0, 2) (a same-structure ratio; about 1 "
                                 f"for one structure), got {self.threshold}")
-        if self.reference_fsc not in REFERENCE_FSC:
-            raise TomosiftError(f"reference_fsc must be one of {', '.join(REFERENCE_FSC)}, got "
-                                f"{self.reference_fsc!r}")
         if self.reference_resolution_factor < 1.0:
             raise TomosiftError(f"reference_resolution_factor must be >= 1, got "
                                 f"{self.reference_resolution_factor}")
@@ -273,17 +265,14 @@ def pair_ratio(first: SubsetAverage, second: SubsetAverage, settings: AlignSetti
 
 
 def reference_score(structure: SubsetAverage, reference: np.ndarray,
-                    settings: AlignSettings, band_limit: int | None = None,
-                    observed_only: bool = False) -> float:
+                    settings: AlignSettings, band_limit: int | None = None) -> float:
     """The reference aligned onto the structure: the last shell of their FSC >= 0.5 over the
     last shell of the structure's half-set FSC >= 0.143 (1 = the reference explains the map
     to its own resolution). ``band_limit``: the last shell a band-limited reference holds;
-    the structure's resolved shells count up to it only. ``observed_only``: the FSC over the
-    Fourier coefficients the structure's average observed (its coverage) only."""
+    the structure's resolved shells count up to it only."""
     alignment = align_prepared(structure.prepared(settings), prepare(reference, None, settings),
                                settings)
-    fsc = masked_fsc(structure.average, _turned(reference, alignment),
-                     structure.coverage if observed_only else None)
+    fsc = masked_fsc(structure.average, _turned(reference, alignment))
     resolved = structure.resolved_shell
     if band_limit is not None:
         resolved = min(resolved, band_limit)
@@ -572,13 +561,12 @@ def reference_scores(structures: Sequence[SubsetAverage], references: dict[str, 
     reference (in the order of ``references``); nan for a structure that resolves too
     little to compare."""
     names = list(references)
-    observed_only = settings.reference_fsc == "observed"
 
     def row(structure: SubsetAverage) -> list[float]:
         if structure.resolved_shell < MIN_RESOLVED_SHELLS:
             return [float("nan")] * len(names)
         return [reference_score(structure, references[name], settings.align,
-                                (band_limits or {}).get(name), observed_only)
+                                (band_limits or {}).get(name))
                 for name in names]
 
     rows = _map(row, list(structures), settings.workers)
