@@ -519,7 +519,8 @@ def _plot_similarity(path: Path, merged: MergeResult, structure_of: dict, order:
 
 def _plot_by_threshold(path: Path, merged: MergeResult) -> None:
     """Structures against the merge threshold (followed down to the median pair ratio),
-    the threshold used, and the calibration pairs' ratios as ticks."""
+    the threshold used, the calibrated one where another rule set it, and the calibration
+    pairs' ratios as ticks."""
     import matplotlib.pyplot as plt
 
     from tomosift.plots import save_figure
@@ -536,6 +537,10 @@ def _plot_by_threshold(path: Path, merged: MergeResult) -> None:
     ax.step(thresholds, counts, where="post", color="black")
     if np.isfinite(merged.threshold):
         ax.axvline(merged.threshold, color="tab:red", label=f"threshold {merged.threshold:.2f}")
+    calibrated = merged.calibrated_threshold
+    if np.isfinite(calibrated) and calibrated != merged.threshold:
+        ax.axvline(calibrated, color="tab:gray", linestyle="--",
+                   label=f"calibrated threshold {calibrated:.2f}")
     if merged.calibration_ratios.size and not merged.normalised:
         ax.plot(merged.calibration_ratios, np.full(merged.calibration_ratios.size, 0.0), "|",
                 color="tab:blue", markersize=12, label="calibration pairs (one structure)")
