@@ -48,7 +48,7 @@ of one structure just below it stay apart (docs/benchmarks.md, issue 20, sixth s
 the calibrated rule of ``calibration`` below that. 0.85 counted within ±2 of the truth on 8
 of 10 40³ benchmark censuses of both imaging settings (50-member averages; read off five, then
 checked on five nobody had looked at) and one off on the other two, where the calibrated
-rules undercount by 5-10; the ratio's scale
+midpoint undercounts by 5-10; the ratio's scale
 was measured stable from 25 to 100 members per average, and below that, on 10-member
 averages, two averages of one complex agree at only 0.68-0.84 (docs/benchmarks.md, issue 20,
 seventh and eighth sessions). The calibration is measured either way, and the threshold the
