@@ -57,6 +57,7 @@ from tomosift.discovery.census import (
     expected_correlation,
     masked_fsc,
 )
+from tomosift.discovery.fsc import fsc_curve, soft_sphere_mask
 from tomosift.discovery.refine import last_shell_above
 from tomosift.discovery.rotations import transform_volume
 from tomosift.io import read_mrc
@@ -253,7 +254,8 @@ def reference_variants(structures: list, maps: dict[str, np.ndarray], settings: 
                                        settings.align)
             turned = transform_volume(maps[name], alignment.rotation, alignment.shift_voxels)
             full = masked_fsc(structure.average, turned)
-            seen = masked_fsc(structure.average, turned, structure.coverage)
+            seen = fsc_curve(structure.average, turned, soft_sphere_mask(turned.shape[0]),
+                             structure.coverage)[1]
             # a shell the average never observed (the CTF's lowest, for one) says nothing:
             # it passes the score and leaves the ratio's sums
             blind = shells_observed(structure.coverage) == 0

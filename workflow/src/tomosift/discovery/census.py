@@ -227,11 +227,9 @@ class SubsetAverage:
         return self._prepared
 
 
-def masked_fsc(a: np.ndarray, b: np.ndarray, observed: np.ndarray | None = None
-               ) -> np.ndarray:
-    """(n // 2 + 1,) FSC of two maps under the soft spherical mask of the FSC module
-    (``observed``: only those Fourier coefficients, :func:`tomosift.discovery.fsc.fsc_curve`)."""
-    return fsc_curve(a, b, soft_sphere_mask(a.shape[0]), observed)[1]
+def masked_fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n // 2 + 1,) FSC of two maps under the soft spherical mask of the FSC module."""
+    return fsc_curve(a, b, soft_sphere_mask(a.shape[0]))[1]
 
 
 def expected_correlation(half_fsc: np.ndarray) -> np.ndarray:
