@@ -572,18 +572,9 @@ def reference_scores(structures: Sequence[SubsetAverage], references: dict[str, 
     return np.array(rows, dtype=np.float64).reshape(len(structures), len(names))
 
 
-def nearest_references(structures: Sequence[SubsetAverage], references: dict[str, np.ndarray],
-                       settings: CensusSettings, band_limits: dict[str, int] | None = None,
-                       scores: np.ndarray | None = None) -> list[tuple[str, float]]:
-    """Per structure (the reference with the highest :func:`reference_score`, that score);
-    ("", nan) without references or for a structure that resolves too little to compare.
-    ``band_limits``: the last shell each band-limited reference holds (by name); ``scores``:
-    :func:`reference_scores`, when already computed."""
-    if not references:
-        return [("", float("nan"))] * len(structures)
-    names = list(references)
-    if scores is None:
-        scores = reference_scores(structures, references, settings, band_limits)
+def nearest_of(scores: np.ndarray, names: Sequence[str]) -> list[tuple[str, float]]:
+    """Per row of ``scores`` (:func:`reference_scores`), the best reference's name and score;
+    ("", nan) for a row without a finite score."""
     nearest = []
     for row in scores:
         if not np.any(np.isfinite(row)):
@@ -592,6 +583,18 @@ def nearest_references(structures: Sequence[SubsetAverage], references: dict[str
         best = int(np.nanargmax(row))
         nearest.append((names[best], float(row[best])))
     return nearest
+
+
+def nearest_references(structures: Sequence[SubsetAverage], references: dict[str, np.ndarray],
+                       settings: CensusSettings, band_limits: dict[str, int] | None = None
+                       ) -> list[tuple[str, float]]:
+    """Per structure (the reference with the highest :func:`reference_score`, that score);
+    ("", nan) without references or for a structure that resolves too little to compare.
+    ``band_limits``: the last shell each band-limited reference holds (by name)."""
+    if not references:
+        return [("", float("nan"))] * len(structures)
+    return nearest_of(reference_scores(structures, references, settings, band_limits),
+                      list(references))
 
 
 def is_novel(reference_score_value: float, settings: CensusSettings) -> bool:

@@ -52,7 +52,7 @@ from tomosift.discovery.census import (
     has_density,
     is_novel,
     merge_averages,
-    nearest_references,
+    nearest_of,
     reference_scores,
 )
 from tomosift.errors import TomosiftError
@@ -322,7 +322,8 @@ def census(subdivision_dir: str | os.PathLike, out_dir: str | os.PathLike,
     # up to their band limit only (tomosift.discovery.census.reference_score)
     scores = reference_scores(merged.structures, reference_maps, settings,
                               reference_set.band_limits)
-    nearest = nearest_references(merged.structures, reference_maps, settings, scores=scores)
+    nearest = (nearest_of(scores, list(reference_maps)) if reference_maps
+               else [("", float("nan"))] * len(merged.structures))
     size_of = dict(zip(numbers.tolist(), sizes.tolist(), strict=True))
     rows, structure_of = [], {}
     for number, (structure, (name, score)) in enumerate(
